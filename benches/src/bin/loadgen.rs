@@ -1,0 +1,336 @@
+//! Fan-out load generator: opens N WebSocket clients with viewports of
+//! 0.5–5 degrees over the Netherlands against a running beeld, drives M unit
+//! moves per second through the HTTP ingest API, and reports deliveries per
+//! second and the feed-write → client-receive latency histogram.
+//!
+//! Every move carries `t_us`, microseconds since the generator started; a
+//! client computes latency from each upsert it receives. Messages are not
+//! parsed as JSON (the generator shares the machine with the server): the
+//! `t_us` values are found by scanning the text.
+//!
+//! ```sh
+//! loadgen --target http://127.0.0.1:8080 --token TOKEN --clients 1000 --rate 10000 --seconds 20
+//! loadgen --target … --idle 1000 --server-pid PID     # memory per idle connection
+//! ```
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use beeld_fixtures::{NL_BBOX, Rng, feature_collection, units};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+#[derive(Debug, Clone)]
+struct Args {
+    target: String,
+    token: String,
+    clients: usize,
+    rate: usize,
+    seconds: u64,
+    units: usize,
+    dense: bool,
+    idle: Option<usize>,
+    server_pid: Option<u32>,
+    precision: Option<u8>,
+}
+
+fn parse_args() -> Args {
+    let mut args = Args {
+        target: "http://127.0.0.1:8080".to_owned(),
+        token: String::new(),
+        clients: 1000,
+        rate: 10_000,
+        seconds: 20,
+        units: 10_000,
+        dense: false,
+        idle: None,
+        server_pid: None,
+        precision: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().unwrap_or_default();
+        match flag.as_str() {
+            "--target" => args.target = value(),
+            "--token" => args.token = value(),
+            "--clients" => args.clients = value().parse().unwrap_or(args.clients),
+            "--rate" => args.rate = value().parse().unwrap_or(args.rate),
+            "--seconds" => args.seconds = value().parse().unwrap_or(args.seconds),
+            "--units" => args.units = value().parse().unwrap_or(args.units),
+            "--dense" => args.dense = true,
+            "--idle" => args.idle = value().parse().ok(),
+            "--server-pid" => args.server_pid = value().parse().ok(),
+            "--precision" => args.precision = value().parse().ok(),
+            other => {
+                eprintln!("unknown flag {other}");
+                std::process::exit(2);
+            }
+        }
+    }
+    args
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(target: &str) -> Socket {
+    let url = format!("{}/ws", target.replace("http://", "ws://"));
+    loop {
+        match tokio_tungstenite::connect_async(&url).await {
+            Ok((socket, _)) => return socket,
+            Err(e) => {
+                eprintln!("connect failed ({e}); retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct Totals {
+    deliveries: AtomicU64,
+    bytes: AtomicU64,
+    resyncs: AtomicU64,
+    samples: std::sync::Mutex<Vec<u32>>,
+}
+
+#[tokio::main]
+async fn main() {
+    let args = parse_args();
+    if let Some(n) = args.idle {
+        idle(&args, n).await;
+        return;
+    }
+    let started = Instant::now();
+    let http = reqwest::Client::new();
+    let url = format!("{}/collections/units/items", args.target);
+    let mut fleet = units(args.units, 11);
+    for chunk in fleet.chunks(1000) {
+        let body = feature_collection(
+            chunk
+                .iter()
+                .map(beeld_fixtures::UnitSpec::feature)
+                .collect(),
+        );
+        let r = http
+            .post(&url)
+            .bearer_auth(&args.token)
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("load units");
+        assert!(
+            r.status().is_success(),
+            "loading units failed: {}",
+            r.text().await.unwrap_or_default()
+        );
+    }
+
+    let totals = Arc::new(Totals::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut rng = Rng::new(5);
+    let mut tasks = Vec::new();
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(args.clients.max(1));
+    for i in 0..args.clients {
+        let bbox = if args.dense {
+            NL_BBOX
+        } else {
+            let size = rng.range(0.5, 5.0);
+            let x = rng.range(NL_BBOX[0] - size / 2.0, NL_BBOX[2] - size / 2.0);
+            let y = rng.range(NL_BBOX[1] - size / 2.0, NL_BBOX[3] - size / 2.0);
+            [x, y, x + size, y + size]
+        };
+        let mut subscribe =
+            json!({"type": "subscribe", "id": "s", "collections": ["units"], "bbox": bbox});
+        if let Some(p) = args.precision {
+            subscribe["precision"] = json!(p);
+        }
+        let totals = Arc::clone(&totals);
+        let stop = Arc::clone(&stop);
+        let ready = ready_tx.clone();
+        let target = args.target.clone();
+        // Every 10th client records latency samples; all count deliveries.
+        let sample = i % 10 == 0;
+        tasks.push(tokio::spawn(async move {
+            let mut socket = connect(&target).await;
+            socket
+                .send(Message::Text(subscribe.to_string().into()))
+                .await
+                .expect("subscribe");
+            let mut snapshot_seen = false;
+            while let Some(Ok(frame)) = socket.next().await {
+                let Message::Text(text) = frame else { continue };
+                let text = text.as_str();
+                if !snapshot_seen {
+                    if text.starts_with("{\"type\":\"snapshot\"") {
+                        snapshot_seen = true;
+                        let _ = ready.send(()).await;
+                    }
+                    continue;
+                }
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                if text.contains("\"catch_up\":true") {
+                    totals.resyncs.fetch_add(1, Ordering::Relaxed);
+                }
+                let now_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+                let mut n = 0u64;
+                let mut local = Vec::new();
+                for (pos, _) in text.match_indices("\"t_us\":") {
+                    n += 1;
+                    if sample {
+                        let digits: String = text[pos + 7..]
+                            .chars()
+                            .take_while(char::is_ascii_digit)
+                            .collect();
+                        if let Ok(t) = digits.parse::<u64>() {
+                            local.push(u32::try_from(now_us.saturating_sub(t)).unwrap_or(u32::MAX));
+                        }
+                    }
+                }
+                totals.deliveries.fetch_add(n, Ordering::Relaxed);
+                totals.bytes.fetch_add(text.len() as u64, Ordering::Relaxed);
+                if !local.is_empty() {
+                    totals.samples.lock().expect("samples").extend(local);
+                }
+            }
+        }));
+    }
+    for _ in 0..args.clients {
+        ready_rx.recv().await;
+    }
+    eprintln!(
+        "{} clients subscribed in {:.1} s; driving {} moves/s for {} s",
+        args.clients,
+        started.elapsed().as_secs_f64(),
+        args.rate,
+        args.seconds
+    );
+    totals.samples.lock().expect("samples").clear();
+    totals.deliveries.store(0, Ordering::Relaxed);
+    totals.bytes.store(0, Ordering::Relaxed);
+
+    // The writer: every 10 ms, a batch of moves.
+    let per_batch = (args.rate / 100).max(1);
+    let mut interval = tokio::time::interval(Duration::from_millis(10));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let run_started = Instant::now();
+    let mut written = 0u64;
+    let mut next_report = Duration::from_secs(1);
+    let mut last_deliveries = 0;
+    while run_started.elapsed() < Duration::from_secs(args.seconds) {
+        interval.tick().await;
+        let t_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let features: Vec<Value> = (0..per_batch)
+            .map(|_| {
+                let i = rng.below(fleet.len());
+                fleet[i].step(&mut rng);
+                let mut f = fleet[i].feature();
+                f["properties"]["t_us"] = json!(t_us);
+                f
+            })
+            .collect();
+        let body = feature_collection(features).to_string();
+        let http = http.clone();
+        let url = url.clone();
+        let token = args.token.clone();
+        tokio::spawn(async move {
+            let _ = http.post(&url).bearer_auth(&token).body(body).send().await;
+        });
+        written += per_batch as u64;
+        if run_started.elapsed() >= next_report {
+            let d = totals.deliveries.load(Ordering::Relaxed);
+            eprintln!(
+                "t={:>3}s writes/s={:>6} deliveries/s={:>9} catch-ups={}",
+                next_report.as_secs(),
+                written / next_report.as_secs(),
+                d - last_deliveries,
+                totals.resyncs.load(Ordering::Relaxed)
+            );
+            last_deliveries = d;
+            next_report += Duration::from_secs(1);
+        }
+    }
+    let elapsed = run_started.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let deliveries = totals.deliveries.load(Ordering::Relaxed);
+    let bytes = totals.bytes.load(Ordering::Relaxed);
+    let mut samples = std::mem::take(&mut *totals.samples.lock().expect("samples"));
+    samples.sort_unstable();
+    let pct = |p: f64| {
+        samples
+            .get(((samples.len() as f64 * p) as usize).min(samples.len().saturating_sub(1)))
+            .map_or(0.0, |us| f64::from(*us) / 1000.0)
+    };
+    println!(
+        "clients: {}, viewports: {}, moves/s offered: {}, achieved: {:.0}",
+        args.clients,
+        if args.dense {
+            "whole country"
+        } else {
+            "0.5-5 degrees"
+        },
+        args.rate,
+        written as f64 / elapsed
+    );
+    println!(
+        "deliveries: {:.0}/s ({:.1} MB/s to clients), catch-ups: {}",
+        deliveries as f64 / elapsed,
+        bytes as f64 / elapsed / 1e6,
+        totals.resyncs.load(Ordering::Relaxed)
+    );
+    println!(
+        "latency write->receive (ms, {} samples): p50 {:.1}  p90 {:.1}  p99 {:.1}  max {:.1}",
+        samples.len(),
+        pct(0.5),
+        pct(0.9),
+        pct(0.99),
+        pct(1.0)
+    );
+    if let Some(pid) = args.server_pid {
+        println!("server RSS: {} KiB", rss_kib(pid).unwrap_or(0));
+    }
+    for task in tasks {
+        task.abort();
+    }
+}
+
+/// Opens `n` connections, each subscribed to a small empty viewport, and
+/// reports the server's memory per connection.
+async fn idle(args: &Args, n: usize) {
+    let pid = args.server_pid.expect("--idle needs --server-pid");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = rss_kib(pid).expect("server RSS");
+    let mut sockets = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut socket = connect(&args.target).await;
+        // A 0.01° box in the North Sea: subscribed, nothing to send.
+        let x = 3.0 + (i % 100) as f64 * 0.001;
+        let subscribe = json!({"type": "subscribe", "id": "s", "collections": ["units", "incidents", "hazards"], "bbox": [x, 53.9, x + 0.01, 53.91]});
+        socket
+            .send(Message::Text(subscribe.to_string().into()))
+            .await
+            .expect("subscribe");
+        let _ = socket.next().await;
+        sockets.push(socket);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss_kib(pid).expect("server RSS");
+    println!(
+        "idle connections: {n}, server RSS {before} KiB -> {after} KiB: {:.1} KiB per connection",
+        (after.saturating_sub(before)) as f64 / n as f64
+    );
+    drop(sockets);
+}

@@ -1,0 +1,138 @@
+// Dutch labels (the default) with an English option.
+
+export type Lang = 'nl' | 'en';
+
+const nl = {
+  title: 'Landelijk operationeel beeld',
+  live: 'live',
+  connecting: 'verbinden…',
+  reconnecting: 'opnieuw verbinden…',
+  staleSince: 'verouderd sinds',
+  lastHeard: 'laatst',
+  layers: 'Lagen',
+  legend: 'Legenda',
+  regions: 'Veiligheidsregio’s',
+  municipalities: 'Gemeenten',
+  provinces: 'Provincies',
+  incidents: 'Incidenten',
+  units: 'Eenheden',
+  hazards: 'Risicogebieden',
+  regionLabels: 'Regionamen',
+  details: 'Details',
+  close: 'Sluiten',
+  lastUpdate: 'Laatst bijgewerkt',
+  observed: 'Waargenomen',
+  feed: 'Bron (feed)',
+  region: 'Regio',
+  priority: 'Prioriteit',
+  status: 'Status',
+  type: 'Soort',
+  kind: 'Soort',
+  unitsInside: 'Eenheden in dit gebied',
+  nearestAvailable: 'Dichtstbijzijnde beschikbare eenheden',
+  notAvailable: 'Niet beschikbaar op deze server.',
+  noneFound: 'Geen gevonden.',
+  loading: 'laden…',
+  language: 'English',
+  shown: 'in beeld',
+  available: 'beschikbaar',
+  en_route: 'onderweg',
+  on_scene: 'ter plaatse',
+  out_of_service: 'buiten dienst',
+  fire_engine: 'brandweer',
+  ambulance: 'ambulance',
+  police: 'politie',
+  rescue: 'redding',
+  command: 'commando',
+  other: 'overig',
+  wildfire: 'natuurbrand',
+  flood: 'overstroming',
+  chemical: 'chemisch',
+  fire: 'brand',
+  medical: 'medisch',
+  traffic: 'verkeer',
+  evacuation: 'evacuatie',
+  hazmat: 'gevaarlijke stoffen',
+  infrastructure: 'infrastructuur',
+  public_order: 'openbare orde',
+  p1: 'prio 1',
+  p2: 'prio 2',
+  p3: 'prio 3',
+  attribution: 'Grenzen: CBS / PDOK, CC BY 4.0',
+};
+
+type Dict = typeof nl;
+
+const en: Dict = {
+  title: 'National operational picture',
+  live: 'live',
+  connecting: 'connecting…',
+  reconnecting: 'reconnecting…',
+  staleSince: 'stale since',
+  lastHeard: 'last heard',
+  layers: 'Layers',
+  legend: 'Legend',
+  regions: 'Safety regions',
+  municipalities: 'Municipalities',
+  provinces: 'Provinces',
+  incidents: 'Incidents',
+  units: 'Units',
+  hazards: 'Hazard areas',
+  regionLabels: 'Region names',
+  details: 'Details',
+  close: 'Close',
+  lastUpdate: 'Last update',
+  observed: 'Observed',
+  feed: 'Source feed',
+  region: 'Region',
+  priority: 'Priority',
+  status: 'Status',
+  type: 'Type',
+  kind: 'Kind',
+  unitsInside: 'Units inside this area',
+  nearestAvailable: 'Nearest available units',
+  notAvailable: 'Not available on this server.',
+  noneFound: 'None found.',
+  loading: 'loading…',
+  language: 'Nederlands',
+  shown: 'in view',
+  available: 'available',
+  en_route: 'en route',
+  on_scene: 'on scene',
+  out_of_service: 'out of service',
+  fire_engine: 'fire engine',
+  ambulance: 'ambulance',
+  police: 'police',
+  rescue: 'rescue',
+  command: 'command',
+  other: 'other',
+  wildfire: 'wildfire',
+  flood: 'flood',
+  chemical: 'chemical',
+  fire: 'fire',
+  medical: 'medical',
+  traffic: 'traffic',
+  evacuation: 'evacuation',
+  hazmat: 'hazardous materials',
+  infrastructure: 'infrastructure',
+  public_order: 'public order',
+  p1: 'priority 1',
+  p2: 'priority 2',
+  p3: 'priority 3',
+  attribution: 'Boundaries: CBS / PDOK, CC BY 4.0',
+};
+
+export type Key = keyof Dict;
+const dicts: Record<Lang, Dict> = { nl, en };
+
+let lang: Lang = 'nl';
+export function setLang(l: Lang): void {
+  lang = l;
+}
+export function getLang(): Lang {
+  return lang;
+}
+/** The label for `key`, or `key` itself when unknown (raw property values). */
+export function t(key: string): string {
+  return (dicts[lang] as Record<string, string>)[key] ?? key;
+}

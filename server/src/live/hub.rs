@@ -1,0 +1,567 @@
+//! The fan-out hub: routes each tick's changes to the connections whose
+//! viewports they touch.
+//!
+//! Routing is O(changes × log subscriptions + deliveries), not O(changes ×
+//! subscriptions): viewports live in an R-tree, and a change is looked up by
+//! the box it touched (old and new position joined). Each changed feature is
+//! encoded to JSON once per tick and the bytes are shared (`Arc`) by every
+//! connection that receives it. A connection whose queue is full is not
+//! waited for: its tick is dropped and it is flagged to resynchronise, so a
+//! slow client never slows ingest or other clients.
+//!
+//! The hub runs on its own OS thread (`beeld-fanout`), owned by
+//! [`crate::run`], which stops it through [`Hub::stop`] at shutdown.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use beeld_layers::change::union;
+use beeld_layers::relate::EventKind;
+use beeld_layers::view::RemoveReason;
+use beeld_layers::{Collection, Feature, FeatureId, Seq};
+use geo::{Intersects, Rect};
+use rstar::primitives::{GeomWithData, Rectangle};
+use rstar::{AABB, RTree};
+use tokio::sync::{mpsc, watch};
+
+use crate::output::push_feature;
+use crate::state::StateHandle;
+
+/// How routing finds subscriptions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FanoutMode {
+    /// Viewports in an R-tree (the default).
+    #[default]
+    Indexed,
+    /// Every change checked against every subscription: the baseline the
+    /// fan-out benchmark compares with.
+    Naive,
+}
+
+/// Live-protocol settings.
+#[derive(Debug, Clone)]
+pub struct LiveConfig {
+    /// How often diffs are sent; changes within a tick are coalesced.
+    pub tick: Duration,
+    /// Ticks a connection may have queued before it is flagged to resync.
+    pub queue_ticks: usize,
+    /// Largest inbound message.
+    pub max_message_bytes: usize,
+    /// Inbound messages per second per connection (burst: twice that).
+    pub messages_per_second: u32,
+    /// Interval of heartbeats; a client silent for three is disconnected.
+    pub heartbeat: Duration,
+    /// Longest a single write to a client may take before it is dropped.
+    pub write_timeout: Duration,
+    /// Catch-ups per minute after which a slow client is disconnected.
+    pub max_resyncs_per_minute: usize,
+    /// Subscriptions per connection.
+    pub max_subscriptions: usize,
+    /// Routing strategy.
+    pub fanout: FanoutMode,
+}
+
+impl Default for LiveConfig {
+    fn default() -> Self {
+        LiveConfig {
+            tick: Duration::from_millis(100),
+            queue_ticks: 8,
+            max_message_bytes: 64 * 1024,
+            messages_per_second: 50,
+            heartbeat: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(10),
+            max_resyncs_per_minute: 6,
+            max_subscriptions: 16,
+            fanout: FanoutMode::Indexed,
+        }
+    }
+}
+
+/// A connection.
+pub type ConnId = u64;
+
+/// One changed feature in one tick, shared by every connection that gets it.
+#[derive(Debug)]
+pub struct Delivery {
+    /// The collection.
+    pub collection: Collection,
+    /// The id.
+    pub id: FeatureId,
+    /// Its state at the tick's seq; `None` when gone.
+    pub feature: Option<Feature>,
+    /// Why it is gone, when it is.
+    pub gone: RemoveReason,
+    /// The feature as GeoJSON at full precision, encoded once.
+    pub json: Option<Arc<str>>,
+}
+
+/// One enter/exit/alert event, encoded once.
+#[derive(Debug)]
+pub struct EventDelivery {
+    /// The event number (`relate::Event::n`).
+    pub n: u64,
+    /// The event as JSON (the `/joins/events` form).
+    pub json: Arc<str>,
+}
+
+/// What a connection receives per tick: deliveries per subscription key.
+#[derive(Debug)]
+pub struct Tick {
+    /// The seq every delivery's state is consistent with.
+    pub seq: Seq,
+    /// `(subscription key, delivery)`.
+    pub items: Vec<(u32, Arc<Delivery>)>,
+    /// `(subscription key, event)`, for subscriptions that asked for events.
+    pub events: Vec<(u32, Arc<EventDelivery>)>,
+}
+
+struct Conn {
+    tx: mpsc::Sender<Tick>,
+    lagging: Arc<AtomicBool>,
+}
+
+struct Route {
+    collections: Vec<Collection>,
+    bbox: Rect<f64>,
+    /// Whether the subscription wants enter/exit/alert events.
+    events: bool,
+}
+
+type RouteKey = (ConnId, u32);
+
+#[derive(Default)]
+struct Router {
+    /// Viewports by box. Rebuilt entries are cheap: a viewport move is a
+    /// remove plus an insert.
+    index: RTree<GeomWithData<Rectangle<[f64; 2]>, RouteKey>>,
+    routes: HashMap<RouteKey, Route>,
+    conns: HashMap<ConnId, Conn>,
+}
+
+fn rectangle(rect: &Rect<f64>) -> Rectangle<[f64; 2]> {
+    Rectangle::from_corners([rect.min().x, rect.min().y], [rect.max().x, rect.max().y])
+}
+
+/// Counters for logs and benchmarks.
+#[derive(Debug, Default)]
+pub struct HubStats {
+    /// Ticks that carried changes.
+    pub ticks: AtomicU64,
+    /// Deliveries routed to connections.
+    pub deliveries: AtomicU64,
+    /// Ticks dropped because a connection's queue was full.
+    pub dropped_ticks: AtomicU64,
+}
+
+/// Latest full-precision GeoJSON of each feature, keyed by its seq.
+type Encodings = hashbrown::HashMap<(Collection, FeatureId), (Seq, Arc<str>)>;
+
+struct Inner {
+    /// std Mutex: held for microseconds by sessions (route changes) and for
+    /// one routing pass per tick by the hub thread; never across `.await`.
+    router: Mutex<Router>,
+    /// Encoded features shared by every session: the hub refreshes what
+    /// changed each tick, snapshots and catch-ups fill in the rest. Without
+    /// it a catch-up re-encoded a client's whole view, and under load that
+    /// made slow clients the most expensive ones (BENCHMARKS.md).
+    encodings: std::sync::RwLock<Encodings>,
+    config: LiveConfig,
+    next_conn: AtomicU64,
+    stopped: AtomicBool,
+    /// Tells sessions the server is shutting down, so they close cleanly.
+    shutdown: watch::Sender<bool>,
+    stats: HubStats,
+}
+
+/// Handle to the hub. Cloning is an `Arc` increment.
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Hub {
+    /// A hub with no connections.
+    pub fn new(config: LiveConfig) -> Hub {
+        Hub {
+            inner: Arc::new(Inner {
+                router: Mutex::new(Router::default()),
+                encodings: std::sync::RwLock::new(Encodings::new()),
+                config,
+                next_conn: AtomicU64::new(1),
+                stopped: AtomicBool::new(false),
+                shutdown: watch::channel(false).0,
+                stats: HubStats::default(),
+            }),
+        }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &LiveConfig {
+        &self.inner.config
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &HubStats {
+        &self.inner.stats
+    }
+
+    fn router(&self) -> std::sync::MutexGuard<'_, Router> {
+        self.inner
+            .router
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The feature as GeoJSON at full precision, encoded once per version.
+    pub fn encoded(&self, collection: Collection, feature: &Feature) -> Arc<str> {
+        let key = (collection, Arc::clone(&feature.id));
+        if let Some((seq, json)) = self
+            .inner
+            .encodings
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&key)
+            && *seq == feature.seq
+        {
+            return Arc::clone(json);
+        }
+        let mut json = String::with_capacity(320);
+        push_feature(&mut json, feature);
+        let json: Arc<str> = json.into();
+        self.inner
+            .encodings
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(key, (feature.seq, Arc::clone(&json)));
+        json
+    }
+
+    /// Registers a connection: its tick queue and its lag flag.
+    pub fn register(&self) -> (ConnId, mpsc::Receiver<Tick>, Arc<AtomicBool>) {
+        let conn = self.inner.next_conn.fetch_add(1, Ordering::Relaxed);
+        // Bounded: a client that cannot keep up loses ticks (and resyncs),
+        // never grows server memory.
+        let (tx, rx) = mpsc::channel(self.inner.config.queue_ticks.max(1));
+        let lagging = Arc::new(AtomicBool::new(false));
+        self.router().conns.insert(
+            conn,
+            Conn {
+                tx,
+                lagging: Arc::clone(&lagging),
+            },
+        );
+        (conn, rx, lagging)
+    }
+
+    /// Forgets a connection and its routes.
+    pub fn unregister(&self, conn: ConnId) {
+        let mut router = self.router();
+        router.conns.remove(&conn);
+        let keys: Vec<RouteKey> = router
+            .routes
+            .keys()
+            .filter(|k| k.0 == conn)
+            .copied()
+            .collect();
+        for key in keys {
+            remove_route(&mut router, key);
+        }
+    }
+
+    /// Routes changes touching `bbox` in `collections` to `(conn, key)`.
+    /// Must be called before the session reads the store for the same
+    /// viewport (see `docs/protocol.md`, "Consistency").
+    pub fn set_route(
+        &self,
+        conn: ConnId,
+        key: u32,
+        collections: Vec<Collection>,
+        bbox: Rect<f64>,
+        events: bool,
+    ) {
+        let mut router = self.router();
+        remove_route(&mut router, (conn, key));
+        router
+            .index
+            .insert(GeomWithData::new(rectangle(&bbox), (conn, key)));
+        router.routes.insert(
+            (conn, key),
+            Route {
+                collections,
+                bbox,
+                events,
+            },
+        );
+    }
+
+    /// Stops routing to `(conn, key)`.
+    pub fn remove_route(&self, conn: ConnId, key: u32) {
+        remove_route(&mut self.router(), (conn, key));
+    }
+
+    /// Number of connections.
+    pub fn connections(&self) -> usize {
+        self.router().conns.len()
+    }
+
+    /// A receiver that turns true at shutdown.
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.inner.shutdown.subscribe()
+    }
+
+    /// Stops the hub thread and tells every session to close.
+    pub fn stop(&self) {
+        self.inner.stopped.store(true, Ordering::Relaxed);
+        let _ = self.inner.shutdown.send(true);
+    }
+
+    /// Starts the hub thread over `state`.
+    pub fn start(&self, state: StateHandle) -> std::io::Result<std::thread::JoinHandle<()>> {
+        let hub = self.clone();
+        std::thread::Builder::new()
+            .name("beeld-fanout".to_owned())
+            .spawn(move || hub.run(&state))
+    }
+
+    fn run(&self, state: &StateHandle) {
+        let (mut last, mut last_event) = {
+            let store = state.read();
+            (store.seq(), store.relations().events().last())
+        };
+        let tick = self.inner.config.tick;
+        // Fixed deadlines, so the period is the tick and not tick plus the
+        // routing time; a pass that overruns starts the next at once.
+        let mut deadline = std::time::Instant::now() + tick;
+        while !self.inner.stopped.load(Ordering::Relaxed) {
+            let now = std::time::Instant::now();
+            if deadline > now {
+                std::thread::sleep(deadline - now);
+            }
+            deadline = (deadline + tick).max(std::time::Instant::now());
+            (last, last_event) = self.tick(state, last, last_event);
+        }
+    }
+
+    /// One tick: route every change after `last` and every event after
+    /// `last_event`; returns the new pair.
+    fn tick(&self, state: &StateHandle, last: Seq, last_event: u64) -> (Seq, u64) {
+        let (seq, mut pending, events, newest_event) = {
+            let store = state.read();
+            let seq = store.seq();
+            if seq == last {
+                return (last, last_event);
+            }
+            // Events: each routed by the boxes of its unit and hazard (alerts
+            // go to every events subscriber). A log that moved past us skips
+            // ahead: `/joins/events` answers 410 and clients reload from REST.
+            let log = store.relations().events();
+            let newest_event = log.last();
+            let events: Vec<(Option<Rect<f64>>, EventDelivery)> = log
+                .since(last_event)
+                .into_iter()
+                .flatten()
+                .map(|event| {
+                    let bbox = match &event.kind {
+                        EventKind::Enter { unit, hazard } | EventKind::Exit { unit, hazard } => {
+                            let found = [
+                                store.get(Collection::Units, unit),
+                                store.get(Collection::Hazards, hazard),
+                            ];
+                            found
+                                .into_iter()
+                                .flatten()
+                                .map(|f| f.shape.bbox())
+                                .reduce(union)
+                        }
+                        EventKind::AlertRaised { .. } | EventKind::AlertCleared { .. } => None,
+                    };
+                    let json = crate::http::joins::event_json(event).to_string();
+                    (
+                        bbox,
+                        EventDelivery {
+                            n: event.n,
+                            json: json.into(),
+                        },
+                    )
+                })
+                .collect();
+            let Some(records) = store.log().since(last) else {
+                drop(store);
+                // The log moved past us: nobody can be diffed; all resync.
+                tracing::warn!(
+                    last = last.0,
+                    "fan-out fell behind the change log; every client resyncs"
+                );
+                for conn in self.router().conns.values() {
+                    conn.lagging.store(true, Ordering::Relaxed);
+                }
+                return (seq, newest_event);
+            };
+            // Coalesce: one delivery per feature, in its state at `seq`.
+            let mut touched: HashMap<(Collection, FeatureId), (Rect<f64>, RemoveReason)> =
+                HashMap::new();
+            for record in records {
+                let gone = RemoveReason::gone(&record.cause);
+                touched
+                    .entry((record.collection, Arc::clone(&record.id)))
+                    .and_modify(|(bbox, reason)| {
+                        *bbox = union(*bbox, record.touched);
+                        *reason = gone;
+                    })
+                    .or_insert((record.touched, gone));
+            }
+            let pending: Vec<(Rect<f64>, Delivery)> = touched
+                .into_iter()
+                .map(|((collection, id), (bbox, gone))| {
+                    let feature = store.get(collection, &id).cloned();
+                    (
+                        bbox,
+                        Delivery {
+                            collection,
+                            id,
+                            feature,
+                            gone,
+                            json: None,
+                        },
+                    )
+                })
+                .collect();
+            (seq, pending, events, newest_event)
+        };
+        // Encode once, outside the store lock, and keep the encodings.
+        for (_, delivery) in &mut pending {
+            if let Some(feature) = &delivery.feature {
+                let mut json = String::with_capacity(320);
+                push_feature(&mut json, feature);
+                delivery.json = Some(json.into());
+            }
+        }
+        {
+            let mut encodings = self
+                .inner
+                .encodings
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for (_, delivery) in &pending {
+                let key = (delivery.collection, Arc::clone(&delivery.id));
+                match (&delivery.feature, &delivery.json) {
+                    (Some(feature), Some(json)) => {
+                        encodings.insert(key, (feature.seq, Arc::clone(json)));
+                    }
+                    _ => {
+                        encodings.remove(&key);
+                    }
+                }
+            }
+        }
+        type Routed = (Vec<(u32, Arc<Delivery>)>, Vec<(u32, Arc<EventDelivery>)>);
+        let mut per_conn: HashMap<ConnId, Routed> = HashMap::new();
+        let router = self.router();
+        let mut n_deliveries = 0u64;
+        for (bbox, delivery) in pending {
+            let delivery = Arc::new(delivery);
+            let mut deliver = |key: RouteKey, route: &Route| {
+                if route.collections.contains(&delivery.collection) {
+                    per_conn
+                        .entry(key.0)
+                        .or_default()
+                        .0
+                        .push((key.1, Arc::clone(&delivery)));
+                    n_deliveries += 1;
+                }
+            };
+            match self.inner.config.fanout {
+                FanoutMode::Indexed => {
+                    let env = AABB::from_corners(
+                        [bbox.min().x, bbox.min().y],
+                        [bbox.max().x, bbox.max().y],
+                    );
+                    for hit in router.index.locate_in_envelope_intersecting(&env) {
+                        if let Some(route) = router.routes.get(&hit.data) {
+                            deliver(hit.data, route);
+                        }
+                    }
+                }
+                FanoutMode::Naive => {
+                    for (key, route) in &router.routes {
+                        if route.bbox.intersects(&bbox) {
+                            deliver(*key, route);
+                        }
+                    }
+                }
+            }
+        }
+        for (bbox, event) in events {
+            let event = Arc::new(event);
+            let mut deliver = |key: RouteKey, route: &Route| {
+                if route.events {
+                    per_conn
+                        .entry(key.0)
+                        .or_default()
+                        .1
+                        .push((key.1, Arc::clone(&event)));
+                }
+            };
+            match bbox {
+                Some(bbox) => {
+                    let env = AABB::from_corners(
+                        [bbox.min().x, bbox.min().y],
+                        [bbox.max().x, bbox.max().y],
+                    );
+                    for hit in router.index.locate_in_envelope_intersecting(&env) {
+                        if let Some(route) = router.routes.get(&hit.data) {
+                            deliver(hit.data, route);
+                        }
+                    }
+                }
+                None => {
+                    for (key, route) in &router.routes {
+                        deliver(*key, route);
+                    }
+                }
+            }
+        }
+        for (conn, (items, events)) in per_conn {
+            let Some(target) = router.conns.get(&conn) else {
+                continue;
+            };
+            match target.tx.try_send(Tick { seq, items, events }) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    target.lagging.store(true, Ordering::Relaxed);
+                    self.inner
+                        .stats
+                        .dropped_ticks
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+        drop(router);
+        self.inner.stats.ticks.fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .stats
+            .deliveries
+            .fetch_add(n_deliveries, Ordering::Relaxed);
+        (seq, newest_event)
+    }
+}
+
+fn remove_route(router: &mut Router, key: RouteKey) {
+    if let Some(route) = router.routes.remove(&key) {
+        router
+            .index
+            .remove(&GeomWithData::new(rectangle(&route.bbox), key));
+    }
+}

@@ -1,0 +1,452 @@
+//! The live protocol's wire format (JSON text frames), as documented in
+//! `docs/protocol.md`. Client messages are parsed with serde; server messages
+//! are written by hand so that feature JSON encoded once per tick can be
+//! spliced into every client's message without re-encoding.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use beeld_layers::view::RemoveReason;
+use beeld_layers::{Collection, Seq};
+use serde::Deserialize;
+
+use crate::output::push_json_str;
+
+/// A message from a client.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientMessage {
+    /// Start (or replace) a subscription.
+    Subscribe {
+        /// Client-chosen subscription id.
+        id: String,
+        /// Collection ids.
+        collections: Vec<String>,
+        /// `[minLon, minLat, maxLon, maxLat]`.
+        bbox: [f64; 4],
+        /// `property = value` filters.
+        #[serde(default)]
+        filters: BTreeMap<String, FilterValue>,
+        /// Resume after this seq.
+        #[serde(default)]
+        since: Option<u64>,
+        /// Coordinate decimals (0–15).
+        #[serde(default)]
+        precision: Option<u8>,
+        /// Field-level deltas for changed features.
+        #[serde(default)]
+        deltas: bool,
+        /// Also stream enter/exit/alert events touching the viewport.
+        #[serde(default)]
+        events: bool,
+        /// Resume events after this event number.
+        #[serde(default)]
+        events_since: Option<u64>,
+        /// Also stream H3 counts of units and incidents at this resolution (4-9).
+        #[serde(default)]
+        aggregates: Option<u8>,
+    },
+    /// Move a subscription's bbox.
+    Viewport {
+        /// Subscription id.
+        id: String,
+        /// The new bbox.
+        bbox: [f64; 4],
+    },
+    /// End a subscription.
+    Unsubscribe {
+        /// Subscription id.
+        id: String,
+    },
+    /// Replay the recorded picture of a viewport from `from` to `to`.
+    Replay {
+        /// Replay id, like a subscription id.
+        id: String,
+        /// Collection ids.
+        collections: Vec<String>,
+        /// `[minLon, minLat, maxLon, maxLat]`.
+        bbox: [f64; 4],
+        /// Start, RFC 3339.
+        from: String,
+        /// End, RFC 3339.
+        to: String,
+        /// Recorded seconds per second (default 1).
+        #[serde(default)]
+        speed: Option<f64>,
+    },
+    /// Pause, resume, stop or re-speed a replay.
+    ReplayControl {
+        /// Replay id.
+        id: String,
+        /// `pause`, `resume`, `stop` or `speed`.
+        action: String,
+        /// The new speed, for `speed`.
+        #[serde(default)]
+        speed: Option<f64>,
+    },
+    /// Liveness check; answered with `pong`.
+    Ping {
+        /// Echoed back.
+        #[serde(default)]
+        id: Option<serde_json::Value>,
+    },
+}
+
+/// A filter value: text, number or boolean, compared as text.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum FilterValue {
+    /// Text.
+    Text(String),
+    /// Number.
+    Number(serde_json::Number),
+    /// Boolean.
+    Bool(bool),
+}
+
+impl FilterValue {
+    /// The value as filter text.
+    pub fn into_text(self) -> String {
+        match self {
+            FilterValue::Text(s) => s,
+            FilterValue::Number(n) => n.to_string(),
+            FilterValue::Bool(b) => b.to_string(),
+        }
+    }
+}
+
+/// One message to a client, with what SSE needs to frame it.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// The message `type`, used as the SSE event name.
+    pub kind: &'static str,
+    /// The seq the client is consistent with after it, used as the SSE id.
+    pub seq: Option<Seq>,
+    /// The JSON text.
+    pub json: String,
+}
+
+/// An `error` message. It never closes the connection by itself.
+pub fn error(code: &str, message: &str, sub: Option<&str>) -> Outgoing {
+    let mut json = String::from("{\"type\":\"error\",\"code\":");
+    push_json_str(&mut json, code);
+    json.push_str(",\"message\":");
+    push_json_str(&mut json, message);
+    if let Some(sub) = sub {
+        json.push_str(",\"sub\":");
+        push_json_str(&mut json, sub);
+    }
+    json.push('}');
+    Outgoing {
+        kind: "error",
+        seq: None,
+        json,
+    }
+}
+
+/// A `pong`.
+pub fn pong(seq: Seq, id: Option<&serde_json::Value>) -> Outgoing {
+    let mut json = format!("{{\"type\":\"pong\",\"seq\":{seq}");
+    if let Some(id) = id {
+        let _ = write!(json, ",\"id\":{id}");
+    }
+    json.push('}');
+    Outgoing {
+        kind: "pong",
+        seq: None,
+        json,
+    }
+}
+
+/// A `heartbeat`: the server is alive and the picture is at `seq`.
+pub fn heartbeat(seq: Seq, at: &str) -> Outgoing {
+    Outgoing {
+        kind: "heartbeat",
+        seq: None,
+        json: format!("{{\"type\":\"heartbeat\",\"seq\":{seq},\"at\":\"{at}\"}}"),
+    }
+}
+
+/// An `unsubscribed` acknowledgement.
+pub fn unsubscribed(sub: &str) -> Outgoing {
+    let mut json = String::from("{\"type\":\"unsubscribed\",\"sub\":");
+    push_json_str(&mut json, sub);
+    json.push('}');
+    Outgoing {
+        kind: "unsubscribed",
+        seq: None,
+        json,
+    }
+}
+
+/// An `events` message: events `(from, to]` for one subscription, or with
+/// `resync` when some were dropped from the bounded event log (reload the
+/// relations from `/joins`, then continue from `to`).
+pub fn events(sub: &str, from: u64, to: u64, resync: bool, items: &[&str]) -> Outgoing {
+    let mut json = String::from("{\"type\":\"events\",\"sub\":");
+    push_json_str(&mut json, sub);
+    let _ = write!(
+        json,
+        ",\"from_event\":{from},\"event\":{to},\"resync\":{resync},\"events\":["
+    );
+    json.push_str(&items.join(","));
+    json.push_str("]}");
+    Outgoing {
+        kind: "events",
+        seq: None,
+        json,
+    }
+}
+
+/// An `aggregates` message: H3 cells of the viewport with their counts,
+/// all of them (`reset`) or the ones that changed (empty `counts` = none left).
+pub fn aggregates(
+    sub: &str,
+    seq: Seq,
+    resolution: u8,
+    reset: bool,
+    cells: &[(u64, String)],
+) -> Outgoing {
+    let mut json = String::from("{\"type\":\"aggregates\",\"sub\":");
+    push_json_str(&mut json, sub);
+    let _ = write!(
+        json,
+        ",\"seq\":{seq},\"resolution\":{resolution},\"reset\":{reset},\"cells\":["
+    );
+    for (i, (cell, counts)) in cells.iter().enumerate() {
+        if i > 0 {
+            json.push(',');
+        }
+        let _ = write!(json, "{{\"cell\":\"{cell:x}\",\"counts\":{counts}}}");
+    }
+    json.push_str("]}");
+    Outgoing {
+        kind: "aggregates",
+        seq: None,
+        json,
+    }
+}
+
+/// Builds a `snapshot` message feature by feature.
+#[derive(Debug)]
+pub struct SnapshotWriter {
+    json: String,
+    collections: Vec<Collection>,
+    current: Option<Collection>,
+    first: bool,
+    seq: Seq,
+}
+
+impl SnapshotWriter {
+    /// Starts a snapshot of `collections` for `sub`, consistent with `seq`.
+    pub fn new(sub: &str, seq: Seq, resync: bool, collections: &[Collection]) -> SnapshotWriter {
+        let mut json = String::from("{\"type\":\"snapshot\",\"sub\":");
+        push_json_str(&mut json, sub);
+        let _ = write!(
+            json,
+            ",\"seq\":{seq},\"resync\":{resync},\"collections\":{{"
+        );
+        SnapshotWriter {
+            json,
+            collections: collections.to_vec(),
+            current: None,
+            first: true,
+            seq,
+        }
+    }
+
+    fn open(&mut self, collection: Collection) {
+        if self.current == Some(collection) {
+            return;
+        }
+        if self.current.is_some() {
+            self.json.push_str("],");
+        }
+        let _ = write!(self.json, "\"{collection}\":[");
+        self.current = Some(collection);
+        self.collections.retain(|c| *c != collection);
+        self.first = true;
+    }
+
+    /// Adds one encoded feature; features must come grouped by collection.
+    pub fn feature(&mut self, collection: Collection, feature_json: &str) {
+        self.open(collection);
+        if !self.first {
+            self.json.push(',');
+        }
+        self.first = false;
+        self.json.push_str(feature_json);
+    }
+
+    /// Finishes the message; collections without features appear empty.
+    pub fn finish(mut self) -> Outgoing {
+        for collection in std::mem::take(&mut self.collections) {
+            self.open(collection);
+        }
+        if self.current.is_some() {
+            self.json.push(']');
+        }
+        self.json.push_str("}}");
+        Outgoing {
+            kind: "snapshot",
+            seq: Some(self.seq),
+            json: self.json,
+        }
+    }
+}
+
+/// Builds a `diff` message. Feature JSON is appended straight into one
+/// buffer per collection: on the fan-out path every byte is copied once.
+#[derive(Debug, Default)]
+pub struct DiffWriter {
+    upserts: BTreeMap<Collection, String>,
+    removes: BTreeMap<Collection, String>,
+    catch_up: bool,
+}
+
+impl DiffWriter {
+    /// A writer for a catch-up diff: the collapsed form of diffs a client
+    /// missed because it fell behind.
+    pub fn catch_up() -> DiffWriter {
+        DiffWriter {
+            catch_up: true,
+            ..DiffWriter::default()
+        }
+    }
+
+    /// Whether nothing was added.
+    pub fn is_empty(&self) -> bool {
+        self.upserts.is_empty() && self.removes.is_empty()
+    }
+
+    /// Adds an upserted feature (or field delta), already encoded.
+    pub fn upsert(&mut self, collection: Collection, json: &str) {
+        let buffer = self.upserts.entry(collection).or_default();
+        if !buffer.is_empty() {
+            buffer.push(',');
+        }
+        buffer.push_str(json);
+    }
+
+    /// Adds a removal.
+    pub fn remove(&mut self, collection: Collection, id: &str, reason: RemoveReason) {
+        let buffer = self.removes.entry(collection).or_default();
+        if !buffer.is_empty() {
+            buffer.push(',');
+        }
+        buffer.push_str("{\"id\":");
+        push_json_str(buffer, id);
+        let _ = write!(buffer, ",\"reason\":\"{}\"}}", reason.as_str());
+    }
+
+    /// Finishes the message covering `(from, to]`.
+    pub fn finish(self, sub: &str, from: Seq, to: Seq) -> Outgoing {
+        let size: usize = self
+            .upserts
+            .values()
+            .chain(self.removes.values())
+            .map(String::len)
+            .sum();
+        let mut json = String::with_capacity(size + 128);
+        json.push_str("{\"type\":\"diff\",\"sub\":");
+        push_json_str(&mut json, sub);
+        let _ = write!(json, ",\"from_seq\":{from},\"seq\":{to}");
+        if self.catch_up {
+            json.push_str(",\"catch_up\":true");
+        }
+        json.push_str(",\"collections\":{");
+        let mut collections: Vec<Collection> = self
+            .upserts
+            .keys()
+            .chain(self.removes.keys())
+            .copied()
+            .collect();
+        collections.sort();
+        collections.dedup();
+        for (i, collection) in collections.iter().enumerate() {
+            if i > 0 {
+                json.push(',');
+            }
+            let _ = write!(json, "\"{collection}\":{{\"upsert\":[");
+            if let Some(items) = self.upserts.get(collection) {
+                json.push_str(items);
+            }
+            json.push_str("],\"remove\":[");
+            if let Some(items) = self.removes.get(collection) {
+                json.push_str(items);
+            }
+            json.push_str("]}");
+        }
+        json.push_str("}}");
+        Outgoing {
+            kind: "diff",
+            seq: Some(to),
+            json,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_valid_json() {
+        let mut w = SnapshotWriter::new(
+            "s\"1",
+            Seq(7),
+            true,
+            &[Collection::Units, Collection::Hazards],
+        );
+        w.feature(Collection::Units, "{\"id\":\"a\"}");
+        w.feature(Collection::Units, "{\"id\":\"b\"}");
+        let v: serde_json::Value = serde_json::from_str(&w.finish().json).unwrap();
+        assert_eq!(v["collections"]["units"].as_array().unwrap().len(), 2);
+        assert_eq!(v["collections"]["hazards"], serde_json::json!([]));
+        assert_eq!(v["resync"], true);
+
+        let mut d = DiffWriter::default();
+        d.upsert(Collection::Units, "{\"id\":\"a\"}");
+        d.remove(Collection::Hazards, "h", RemoveReason::Expired);
+        let v: serde_json::Value =
+            serde_json::from_str(&d.finish("s1", Seq(7), Seq(9)).json).unwrap();
+        assert_eq!(v["from_seq"], 7);
+        assert_eq!(
+            v["collections"]["hazards"]["remove"][0]["reason"],
+            "expired"
+        );
+        assert_eq!(v["collections"]["units"]["remove"], serde_json::json!([]));
+    }
+
+    #[test]
+    fn client_messages_parse_and_reject_unknown_fields() {
+        let m: ClientMessage = serde_json::from_str(r#"{"type":"subscribe","id":"s1","collections":["units"],"bbox":[5.6,50.7,6.2,51.0],"since":12,"filters":{"status":"available","priority":1}}"#).unwrap();
+        assert!(matches!(
+            m,
+            ClientMessage::Subscribe {
+                since: Some(12),
+                ..
+            }
+        ));
+        assert!(
+            serde_json::from_str::<ClientMessage>(
+                r#"{"type":"viewport","id":"s1","bbox":[1,2,3]}"#
+            )
+            .is_err()
+        );
+        assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"ping","extra":1}"#).is_err());
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        #[test]
+        fn arbitrary_text_never_panics_the_message_parser(text in "\\PC{0,200}") {
+            let _ = serde_json::from_str::<super::ClientMessage>(&text);
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! `GET /events`: the live protocol as Server-Sent Events, for tools that
+//! cannot speak WebSocket. One subscription per request, given in the query
+//! string; every event's `id` is the seq the client is consistent with, so a
+//! reconnecting client resumes through `Last-Event-ID`.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use tokio::sync::mpsc;
+
+use super::protocol::{self, Outgoing};
+use super::session::Session;
+use crate::problem::Problem;
+use crate::state::{StateHandle, now};
+
+fn bad(detail: impl Into<String>) -> Problem {
+    Problem::bad_request("invalid-parameter", detail)
+}
+
+fn event(message: Outgoing) -> Event {
+    let mut event = Event::default().event(message.kind).data(message.json);
+    if let Some(seq) = message.seq {
+        event = event.id(seq.to_string());
+    }
+    event
+}
+
+/// `GET /events?collections=units,hazards&bbox=…[&precision=6][&deltas=true][&since=N][&property=value…]`
+pub async fn events(
+    State(state): State<StateHandle>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, Problem> {
+    let mut collections = Vec::new();
+    let mut bbox = [-180.0, -90.0, 180.0, 90.0];
+    let mut precision = None;
+    let mut deltas = false;
+    let mut events = false;
+    let mut aggregates = None;
+    let mut since = None;
+    let mut filters = Vec::new();
+    for (key, value) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
+        match key.as_ref() {
+            "collections" => collections.extend(value.split(',').map(str::to_owned)),
+            "bbox" => {
+                let numbers: Vec<f64> = value
+                    .split(',')
+                    .filter_map(|n| n.trim().parse().ok())
+                    .collect();
+                bbox = <[f64; 4]>::try_from(numbers.as_slice())
+                    .map_err(|_| bad("bbox must be minLon,minLat,maxLon,maxLat"))?;
+            }
+            "precision" => {
+                precision = Some(
+                    value
+                        .parse::<u8>()
+                        .map_err(|_| bad("precision must be 0-15"))?,
+                )
+            }
+            "deltas" => deltas = value == "true",
+            "events" => events = value == "true",
+            "aggregates" => {
+                aggregates = Some(
+                    value
+                        .parse::<u8>()
+                        .map_err(|_| bad("aggregates must be an H3 resolution 4-9"))?,
+                )
+            }
+            "since" => {
+                since = Some(
+                    value
+                        .parse::<u64>()
+                        .map_err(|_| bad("since must be a seq number"))?,
+                )
+            }
+            "access_token" => {}
+            name if !name.is_empty()
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') =>
+            {
+                filters.push((key.into_owned(), value.into_owned()))
+            }
+            other => return Err(bad(format!("unknown parameter '{other}'"))),
+        }
+    }
+    if let Some(last) = headers.get("last-event-id").and_then(|v| v.to_str().ok()) {
+        since = Some(
+            last.trim()
+                .parse::<u64>()
+                .map_err(|_| bad("Last-Event-ID must be a seq number"))?,
+        );
+    }
+    if collections.is_empty() {
+        return Err(bad(
+            "collections is required, e.g. collections=units,hazards",
+        ));
+    }
+    let hub = state.hub().clone();
+    let (conn, mut ticks, lagging) = hub.register();
+    let mut session = Session::new(state.clone(), hub.clone(), conn);
+    let options = super::session::Options {
+        since,
+        precision,
+        deltas,
+        events,
+        events_since: None,
+        aggregates,
+    };
+    let first = session.subscribe("events".to_owned(), &collections, bbox, filters, options);
+    if session.subscriptions() == 0 {
+        session.close();
+        let detail = first.first().map_or_else(String::new, |m| m.json.clone());
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "bad-subscription",
+            "Invalid subscription",
+            detail,
+        ));
+    }
+    // Bounded: if the HTTP response cannot drain, the session stops pulling
+    // ticks, its hub queue fills and it gets a catch-up diff.
+    let (tx, mut rx) = mpsc::channel::<Outgoing>(16);
+    let config = hub.config().clone();
+    let mut shutdown = hub.shutdown_signal();
+    tokio::spawn(async move {
+        let mut heartbeat = tokio::time::interval(config.heartbeat);
+        heartbeat.reset();
+        let mut catch_ups: VecDeque<Instant> = VecDeque::new();
+        let mut pending: Vec<Outgoing> = first;
+        'serve: loop {
+            for message in pending.drain(..) {
+                if tx.send(message).await.is_err() {
+                    break 'serve;
+                }
+            }
+            pending = tokio::select! {
+                Some(tick) = ticks.recv() => {
+                    if lagging.swap(false, Ordering::Relaxed) {
+                        match super::ws::catch_up(&mut session, &mut ticks, &mut catch_ups, config.max_resyncs_per_minute) {
+                            Ok(out) => out,
+                            Err(reason) => vec![protocol::error("too_slow", &reason, None)],
+                        }
+                    } else {
+                        session.handle_tick(&tick)
+                    }
+                }
+                _ = heartbeat.tick() => vec![protocol::heartbeat(state.read().seq(), &now().to_rfc3339())],
+                _ = shutdown.changed() => break 'serve,
+                () = tx.closed() => break 'serve,
+            };
+        }
+        session.close();
+    });
+    let stream = futures_util::stream::poll_fn(move |cx| {
+        rx.poll_recv(cx)
+            .map(|m| m.map(|m| Ok::<_, Infallible>(event(m))))
+    });
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
