@@ -58,6 +58,12 @@ if command -v pg_ctlcluster >/dev/null; then
 fi
 export BEELD_TEST_DATABASE_URL="${BEELD_TEST_DATABASE_URL:-postgres://beeld_test:beeld_test@127.0.0.1:5432/postgres}"
 
+# A one-shot build gains nothing from incremental caches, which roughly
+# double the size of target/; CI machines have had little disk to spare.
+if [ -n "${CI:-}" ]; then export CARGO_INCREMENTAL=0; fi
+step "disk"
+df -h . "${CARGO_TARGET_DIR:-.}" 2>/dev/null | sort -u || true
+
 step "format"
 cargo fmt --all -- --check
 
