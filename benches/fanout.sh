@@ -35,3 +35,4 @@ run "same, naive routing baseline" "--fanout naive" "--clients 1000 --rate 10000
 run "1000 clients, 0.5-5 deg viewports, 1000 moves/s, tick 10 ms" "--tick-ms 10" "--clients 1000 --rate 1000 --seconds $seconds"
 run "dense: 200 clients see the whole country, 10000 moves/s" "" "--clients 200 --rate 10000 --seconds $seconds --dense"
 run "1000 clients, 0.5-5 deg viewports, 10000 moves/s, precision 6" "" "--clients 1000 --rate 10000 --seconds $seconds --precision 6"
+run "same, precision 6 + field-level deltas" "" "--clients 1000 --rate 10000 --seconds $seconds --precision 6 --deltas"

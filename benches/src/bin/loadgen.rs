@@ -34,6 +34,7 @@ struct Args {
     idle: Option<usize>,
     server_pid: Option<u32>,
     precision: Option<u8>,
+    deltas: bool,
 }
 
 fn parse_args() -> Args {
@@ -48,6 +49,7 @@ fn parse_args() -> Args {
         idle: None,
         server_pid: None,
         precision: None,
+        deltas: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -63,6 +65,7 @@ fn parse_args() -> Args {
             "--idle" => args.idle = value().parse().ok(),
             "--server-pid" => args.server_pid = value().parse().ok(),
             "--precision" => args.precision = value().parse().ok(),
+            "--deltas" => args.deltas = true,
             other => {
                 eprintln!("unknown flag {other}");
                 std::process::exit(2);
@@ -154,6 +157,9 @@ async fn main() {
             json!({"type": "subscribe", "id": "s", "collections": ["units"], "bbox": bbox});
         if let Some(p) = args.precision {
             subscribe["precision"] = json!(p);
+        }
+        if args.deltas {
+            subscribe["deltas"] = json!(true);
         }
         let totals = Arc::clone(&totals);
         let stop = Arc::clone(&stop);

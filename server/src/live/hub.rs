@@ -26,7 +26,11 @@ use rstar::primitives::{GeomWithData, Rectangle};
 use rstar::{AABB, RTree};
 use tokio::sync::{mpsc, watch};
 
-use crate::output::push_feature;
+use serde_json::{Map, Value};
+
+use crate::output::{
+    Precision, push_feature, push_feature_with, push_geometry, push_json_str, push_properties,
+};
 use crate::state::StateHandle;
 
 /// How routing finds subscriptions.
@@ -91,11 +95,99 @@ pub struct Delivery {
     /// The id.
     pub id: FeatureId,
     /// Its state at the tick's seq; `None` when gone.
-    pub feature: Option<Feature>,
+    pub feature: Option<Arc<Feature>>,
+    /// The version the hub routed before this one: what every client that
+    /// kept up holds, and so the base of the shared field-level delta.
+    pub previous: Option<Arc<Feature>>,
     /// Why it is gone, when it is.
     pub gone: RemoveReason,
     /// The feature as GeoJSON at full precision, encoded once.
     pub json: Option<Arc<str>>,
+    /// Other encodings (a coordinate precision, a delta from `previous`),
+    /// made by the first connection that needs one and shared with the rest.
+    /// Without this every delta subscriber re-encoded and re-parsed every
+    /// feature it received, which made the low-bandwidth option the most
+    /// expensive one on the server.
+    variants: Mutex<Vec<(Precision, bool, Arc<str>)>>,
+}
+
+impl Delivery {
+    /// The feature at `precision`, as a delta from `previous` when `delta`,
+    /// encoded once per tick for every connection that asks the same.
+    pub fn variant(&self, precision: Precision, delta: bool) -> Option<Arc<str>> {
+        let feature = self.feature.as_deref()?;
+        if precision.is_none() && !delta {
+            return self.json.clone();
+        }
+        let base = if delta {
+            self.previous.as_deref()
+        } else {
+            None
+        };
+        let mut variants = self
+            .variants
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((_, _, json)) = variants
+            .iter()
+            .find(|(p, d, _)| *p == precision && *d == delta)
+        {
+            return Some(Arc::clone(json));
+        }
+        let json: Arc<str> = match base {
+            Some(base) => encode_delta(base, feature, precision).into(),
+            None => {
+                let mut json = String::with_capacity(320);
+                push_feature_with(&mut json, feature, precision);
+                json.into()
+            }
+        };
+        variants.push((precision, delta, Arc::clone(&json)));
+        Some(json)
+    }
+
+    /// The seq of the version [`Delivery::variant`] diffs against.
+    pub fn previous_seq(&self) -> Option<Seq> {
+        self.previous.as_ref().map(|f| f.seq)
+    }
+}
+
+/// Only what changed from `old` to `new`:
+/// `{"id", "delta": true, "geometry"?, "set", "unset"?}` (docs/protocol.md).
+pub fn encode_delta(old: &Feature, new: &Feature, precision: Precision) -> String {
+    let mut geometry = String::new();
+    push_geometry(&mut geometry, &new.shape, precision);
+    let mut old_geometry = String::new();
+    push_geometry(&mut old_geometry, &old.shape, precision);
+    let mut old_properties = String::new();
+    push_properties(&mut old_properties, old);
+    let mut new_properties = String::new();
+    push_properties(&mut new_properties, new);
+    // Our own encoder wrote both, so they parse; a failure would only make
+    // the delta larger, never wrong, as `set` then carries every field.
+    let old: Map<String, Value> = serde_json::from_str(&old_properties).unwrap_or_default();
+    let new_map: Map<String, Value> = serde_json::from_str(&new_properties).unwrap_or_default();
+    let set: Map<String, Value> = new_map
+        .iter()
+        .filter(|(k, v)| old.get(*k) != Some(v))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let unset: Vec<&String> = old.keys().filter(|k| !new_map.contains_key(*k)).collect();
+    let mut json = String::from("{\"id\":");
+    push_json_str(&mut json, &new.id);
+    json.push_str(",\"delta\":true");
+    if old_geometry != geometry {
+        json.push_str(",\"geometry\":");
+        json.push_str(&geometry);
+    }
+    json.push_str(",\"set\":");
+    json.push_str(&Value::Object(set).to_string());
+    if !unset.is_empty() {
+        json.push_str(",\"unset\":");
+        json.push_str(&serde_json::to_string(&unset).unwrap_or_else(|_| "[]".to_owned()));
+    }
+    json.push('}');
+    json
 }
 
 /// One enter/exit/alert event, encoded once.
@@ -156,8 +248,9 @@ pub struct HubStats {
     pub dropped_ticks: AtomicU64,
 }
 
-/// Latest full-precision GeoJSON of each feature, keyed by its seq.
-type Encodings = hashbrown::HashMap<(Collection, FeatureId), (Seq, Arc<str>)>;
+/// Latest version of each feature the hub has seen, with its full-precision
+/// GeoJSON; the version is kept as the base of the next tick's deltas.
+type Encodings = hashbrown::HashMap<(Collection, FeatureId), (Arc<Feature>, Arc<str>)>;
 
 struct Inner {
     /// std Mutex: held for microseconds by sessions (route changes) and for
@@ -226,24 +319,32 @@ impl Hub {
     /// The feature as GeoJSON at full precision, encoded once per version.
     pub fn encoded(&self, collection: Collection, feature: &Feature) -> Arc<str> {
         let key = (collection, Arc::clone(&feature.id));
-        if let Some((seq, json)) = self
+        if let Some((known, json)) = self
             .inner
             .encodings
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(&key)
-            && *seq == feature.seq
+            && known.seq == feature.seq
         {
             return Arc::clone(json);
         }
         let mut json = String::with_capacity(320);
         push_feature(&mut json, feature);
         let json: Arc<str> = json.into();
-        self.inner
+        let mut encodings = self
+            .inner
             .encodings
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(key, (feature.seq, Arc::clone(&json)));
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Never replace a newer version the hub stored meanwhile: it is the
+        // base of the next tick's deltas.
+        let newer = encodings
+            .get(&key)
+            .is_some_and(|(known, _)| known.seq > feature.seq);
+        if !newer {
+            encodings.insert(key, (Arc::new(feature.clone()), Arc::clone(&json)));
+        }
         json
     }
 
@@ -424,15 +525,17 @@ impl Hub {
             let pending: Vec<(Rect<f64>, Delivery)> = touched
                 .into_iter()
                 .map(|((collection, id), (bbox, gone))| {
-                    let feature = store.get(collection, &id).cloned();
+                    let feature = store.get(collection, &id).cloned().map(Arc::new);
                     (
                         bbox,
                         Delivery {
                             collection,
                             id,
                             feature,
+                            previous: None,
                             gone,
                             json: None,
+                            variants: Mutex::new(Vec::new()),
                         },
                     )
                 })
@@ -453,16 +556,15 @@ impl Hub {
                 .encodings
                 .write()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            for (_, delivery) in &pending {
+            for (_, delivery) in &mut pending {
                 let key = (delivery.collection, Arc::clone(&delivery.id));
-                match (&delivery.feature, &delivery.json) {
+                let previous = match (&delivery.feature, &delivery.json) {
                     (Some(feature), Some(json)) => {
-                        encodings.insert(key, (feature.seq, Arc::clone(json)));
+                        encodings.insert(key, (Arc::clone(feature), Arc::clone(json)))
                     }
-                    _ => {
-                        encodings.remove(&key);
-                    }
-                }
+                    _ => encodings.remove(&key),
+                };
+                delivery.previous = previous.map(|(feature, _)| feature);
             }
         }
         type Routed = (Vec<(u32, Arc<Delivery>)>, Vec<(u32, Arc<EventDelivery>)>);
@@ -563,5 +665,82 @@ fn remove_route(router: &mut Router, key: RouteKey) {
         router
             .index
             .remove(&GeomWithData::new(rectangle(&route.bbox), key));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use beeld_layers::attrs::{Attrs, RegionCode, UnitStatus, UnitType};
+    use beeld_layers::{Shape, Timestamp};
+    use geo::Coord;
+
+    fn unit(x: f64, status: &str, seq: u64) -> Feature {
+        Feature {
+            id: "u1".into(),
+            shape: Shape::Point(Coord { x, y: 52.1 }),
+            properties: format!(r#"{{"status":"{status}","call_sign":"A-1"}}"#).into(),
+            attrs: Attrs::Unit {
+                unit_type: UnitType::Ambulance,
+                status: UnitStatus::Available,
+                home_region: RegionCode::parse("VR09").expect("code"),
+            },
+            feed: "vr09".into(),
+            observed_at: Timestamp(1_000),
+            received_at: Timestamp(2_000),
+            expires_at: None,
+            seq: Seq(seq),
+            place: beeld_layers::relate::Place::default(),
+        }
+    }
+
+    fn delivery(previous: Feature, feature: Feature) -> Delivery {
+        let mut json = String::new();
+        push_feature(&mut json, &feature);
+        Delivery {
+            collection: Collection::Units,
+            id: "u1".into(),
+            feature: Some(Arc::new(feature)),
+            previous: Some(Arc::new(previous)),
+            gone: RemoveReason::Deleted,
+            json: Some(json.into()),
+            variants: Mutex::new(Vec::new()),
+        }
+    }
+
+    #[test]
+    fn a_delta_is_encoded_once_and_shared() {
+        let d = delivery(unit(5.1, "available", 7), unit(5.1, "en_route", 9));
+        let first = d.variant(Some(6), true).expect("delta");
+        let second = d.variant(Some(6), true).expect("delta");
+        assert!(Arc::ptr_eq(&first, &second), "second client reuses it");
+        let delta: Value = serde_json::from_str(&first).expect("json");
+        assert_eq!(delta["delta"], true);
+        assert!(delta.get("geometry").is_none(), "did not move: {delta}");
+        assert_eq!(delta["set"]["status"], "en_route");
+        assert_eq!(delta["set"]["seq"], 9);
+        assert!(delta["set"].get("call_sign").is_none(), "{delta}");
+        // Other options get their own encodings; full precision, no delta,
+        // is the hub's shared GeoJSON itself.
+        let whole = d.variant(Some(6), false).expect("whole");
+        assert!(whole.contains("\"type\":\"Feature\""), "{whole}");
+        let full = d.variant(None, false).expect("full");
+        assert!(Arc::ptr_eq(&full, d.json.as_ref().expect("json")));
+    }
+
+    #[test]
+    fn a_moved_feature_carries_its_geometry_at_the_precision() {
+        let d = delivery(
+            unit(5.1, "available", 7),
+            unit(5.123_456_789, "available", 8),
+        );
+        let delta: Value =
+            serde_json::from_str(&d.variant(Some(3), true).expect("delta")).expect("json");
+        assert_eq!(delta["geometry"]["coordinates"][0], 5.123);
+        // Below the precision a move is no move.
+        let d = delivery(unit(5.1, "available", 7), unit(5.100_01, "available", 8));
+        let delta: Value =
+            serde_json::from_str(&d.variant(Some(3), true).expect("delta")).expect("json");
+        assert!(delta.get("geometry").is_none(), "{delta}");
     }
 }

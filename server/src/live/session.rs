@@ -12,19 +12,11 @@ use std::sync::Arc;
 use beeld_layers::view::{Item, RemoveReason, View, Viewport};
 use beeld_layers::{Collection, Feature, FeatureId, Seq};
 use geo::{Rect, coord};
-use serde_json::{Map, Value};
 
 use super::hub::{ConnId, Hub, Tick};
 use super::protocol::{self, ClientMessage, DiffWriter, Outgoing, SnapshotWriter};
-use crate::output::{Precision, push_feature_with, push_geometry, push_json_str, push_properties};
+use crate::output::{Precision, push_feature_with};
 use crate::state::StateHandle;
-
-/// What was last sent of a feature, for field-level deltas.
-#[derive(Debug)]
-struct Sent {
-    geometry: Box<str>,
-    properties: Box<str>,
-}
 
 #[derive(Debug)]
 struct Subscription {
@@ -32,8 +24,6 @@ struct Subscription {
     view: View,
     precision: Precision,
     deltas: bool,
-    /// Only kept for subscriptions that asked for deltas.
-    sent: HashMap<(Collection, FeatureId), Sent>,
     /// Whether enter/exit/alert events are streamed, and the last one sent.
     events: bool,
     last_event: u64,
@@ -43,7 +33,7 @@ struct Subscription {
 
 /// An owned [`Item`], so encoding can happen after the store lock is released.
 enum Owned {
-    Upsert(Collection, Feature, Option<Seq>),
+    Upsert(Collection, Feature),
     Remove(Collection, FeatureId, RemoveReason),
 }
 
@@ -54,8 +44,8 @@ fn own(items: Vec<Item<'_>>) -> Vec<Owned> {
             Item::Upsert {
                 collection,
                 feature,
-                previous,
-            } => Owned::Upsert(collection, feature.clone(), previous),
+                ..
+            } => Owned::Upsert(collection, feature.clone()),
             Item::Remove {
                 collection,
                 id,
@@ -334,7 +324,6 @@ impl Session {
             view: View::new(viewport),
             precision,
             deltas,
-            sent: HashMap::new(),
             events,
             last_event: 0,
             aggregates: aggregates.map(|r| (r, HashMap::new())),
@@ -473,7 +462,7 @@ impl Session {
                 let item = sub.view.update(
                     delivery.collection,
                     &delivery.id,
-                    delivery.feature.as_ref(),
+                    delivery.feature.as_deref(),
                     delivery.gone,
                 );
                 match item {
@@ -481,20 +470,24 @@ impl Session {
                         collection,
                         feature,
                         previous,
-                    }) => match (&delivery.json, sub.precision, sub.deltas) {
-                        (Some(shared), None, false) => writer.upsert(collection, shared),
-                        _ => {
-                            let json =
-                                encode_feature(&self.hub, sub, collection, feature, previous);
-                            writer.upsert(collection, &json);
+                    }) => {
+                        // A delta only for a client holding the version the
+                        // hub diffed against; otherwise the whole feature.
+                        let delta =
+                            sub.deltas && previous.is_some() && previous == delivery.previous_seq();
+                        match delivery.variant(sub.precision, delta) {
+                            Some(json) => writer.upsert(collection, &json),
+                            None => {
+                                let json = encode_feature(&self.hub, sub, collection, feature);
+                                writer.upsert(collection, &json);
+                            }
                         }
-                    },
+                    }
                     Some(Item::Remove {
                         collection,
                         id,
                         reason,
                     }) => {
-                        sub.sent.remove(&(collection, Arc::clone(&id)));
                         writer.remove(collection, &id, reason);
                     }
                     None => {}
@@ -698,7 +691,7 @@ fn encode_snapshot(
 ) -> Outgoing {
     let mut writer = SnapshotWriter::new(name, seq, resync, collections);
     for (collection, feature) in features {
-        let json = encode_feature(hub, sub, *collection, feature, None);
+        let json = encode_feature(hub, sub, *collection, feature);
         writer.feature(*collection, &json);
     }
     writer.finish()
@@ -726,12 +719,11 @@ fn encode_items(
 ) -> Outgoing {
     for item in items {
         match item {
-            Owned::Upsert(collection, feature, previous) => {
-                let json = encode_feature(hub, sub, collection, &feature, previous);
+            Owned::Upsert(collection, feature) => {
+                let json = encode_feature(hub, sub, collection, &feature);
                 writer.upsert(collection, &json);
             }
             Owned::Remove(collection, id, reason) => {
-                sub.sent.remove(&(collection, Arc::clone(&id)));
                 writer.remove(collection, &id, reason);
             }
         }
@@ -739,74 +731,24 @@ fn encode_items(
     writer.finish(name, from, to)
 }
 
-/// The full feature, or for a delta subscription holding an earlier
-/// version, only what changed: `{"id", "delta": true, "geometry"?, "set", "unset"}`.
-/// Full-precision features come from the hub's shared encodings.
+/// The whole feature at the subscription's precision, for snapshots and
+/// catch-ups. Deltas are only sent on ticks, where the hub computes each
+/// once for every client (`Delivery::variant`); a client that fell behind
+/// gets whole features, which replace whatever version it held.
 fn encode_feature(
     hub: &Hub,
-    sub: &mut Subscription,
+    sub: &Subscription,
     collection: Collection,
     feature: &Feature,
-    previous: Option<Seq>,
 ) -> Arc<str> {
-    if !sub.deltas {
-        if sub.precision.is_none() {
-            return hub.encoded(collection, feature);
-        }
-        let mut json = String::with_capacity(320);
-        push_feature_with(&mut json, feature, sub.precision);
-        return json.into();
+    // Always through the hub, which so learns the version this client now
+    // holds: a change coalesced into the same tick as this snapshot is then
+    // still sent as a delta from it.
+    let full = hub.encoded(collection, feature);
+    if sub.precision.is_none() {
+        return full;
     }
-    let mut geometry = String::new();
-    push_geometry(&mut geometry, &feature.shape, sub.precision);
-    let mut properties = String::new();
-    push_properties(&mut properties, feature);
-    let key = (collection, Arc::clone(&feature.id));
-    let earlier = previous.and_then(|_| sub.sent.get(&key));
-    let json = match earlier {
-        Some(sent) => {
-            let old: Map<String, Value> =
-                serde_json::from_str(&sent.properties).unwrap_or_default();
-            let new: Map<String, Value> = serde_json::from_str(&properties).unwrap_or_default();
-            let set: Map<String, Value> = new
-                .iter()
-                .filter(|(k, v)| old.get(*k) != Some(v))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            let unset: Vec<&String> = old.keys().filter(|k| !new.contains_key(*k)).collect();
-            let mut json = String::from("{\"id\":");
-            push_json_str(&mut json, &feature.id);
-            json.push_str(",\"delta\":true");
-            if *sent.geometry != *geometry {
-                json.push_str(",\"geometry\":");
-                json.push_str(&geometry);
-            }
-            json.push_str(",\"set\":");
-            json.push_str(&Value::Object(set).to_string());
-            if !unset.is_empty() {
-                json.push_str(",\"unset\":");
-                json.push_str(&serde_json::to_string(&unset).unwrap_or_else(|_| "[]".to_owned()));
-            }
-            json.push('}');
-            json
-        }
-        None => {
-            let mut json = String::from("{\"type\":\"Feature\",\"id\":");
-            push_json_str(&mut json, &feature.id);
-            json.push_str(",\"geometry\":");
-            json.push_str(&geometry);
-            json.push_str(",\"properties\":");
-            json.push_str(&properties);
-            json.push('}');
-            json
-        }
-    };
-    sub.sent.insert(
-        key,
-        Sent {
-            geometry: geometry.into_boxed_str(),
-            properties: properties.into_boxed_str(),
-        },
-    );
+    let mut json = String::with_capacity(320);
+    push_feature_with(&mut json, feature, sub.precision);
     json.into()
 }
