@@ -83,10 +83,17 @@ pub fn union(a: Rect<f64>, b: Rect<f64>) -> Rect<f64> {
 }
 
 /// The most recent changes, oldest first, bounded by a capacity.
+///
+/// Invariant: the records are exactly the changes `base + 1 ..= last`, with
+/// no gap. A consumer at a seq below `base` has missed changes the log never
+/// held (dropped when full, or before a restart that loaded a snapshot) and
+/// must resynchronise; an empty log says so too, rather than "nothing new".
 #[derive(Debug, Clone)]
 pub struct ChangeLog {
     records: VecDeque<ChangeRecord>,
     capacity: usize,
+    /// The seq just before the oldest change the log can answer for.
+    base: Seq,
 }
 
 impl ChangeLog {
@@ -95,13 +102,28 @@ impl ChangeLog {
         ChangeLog {
             records: VecDeque::new(),
             capacity: capacity.max(1),
+            base: Seq(0),
         }
     }
 
-    /// Appends a record, dropping the oldest when full.
+    /// Forgets every record: from now on the log answers for changes after
+    /// `base` only.
+    pub fn reset(&mut self, base: Seq) {
+        self.records.clear();
+        self.base = base;
+    }
+
+    /// Appends a record, dropping the oldest when full. A record that does
+    /// not follow the last one (seqs skipped) restarts the log at it.
     pub fn push(&mut self, record: ChangeRecord) {
-        if self.records.len() == self.capacity {
-            self.records.pop_front();
+        let last = self.records.back().map_or(self.base, |r| r.seq);
+        if record.seq.0 != last.0 + 1 {
+            self.reset(Seq(record.seq.0.saturating_sub(1)));
+        }
+        if self.records.len() == self.capacity
+            && let Some(dropped) = self.records.pop_front()
+        {
+            self.base = dropped.seq;
         }
         self.records.push_back(record);
     }
@@ -109,8 +131,11 @@ impl ChangeLog {
     /// Every record after `seq`, or `None` when some of them are no longer
     /// held (the consumer must then resynchronise from the store).
     pub fn since(&self, seq: Seq) -> Option<impl Iterator<Item = &ChangeRecord>> {
+        if seq < self.base {
+            return None;
+        }
         let first = self.records.front().map_or(Seq(u64::MAX), |r| r.seq);
-        let last = self.records.back().map_or(Seq(0), |r| r.seq);
+        let last = self.records.back().map_or(self.base, |r| r.seq);
         if seq >= last {
             return Some(self.records.range(self.records.len()..));
         }
@@ -172,5 +197,38 @@ mod tests {
         assert_eq!(seqs(5), Some(vec![]));
         assert_eq!(seqs(9), Some(vec![]));
         assert_eq!(seqs(1), None);
+    }
+
+    #[test]
+    fn an_empty_log_after_a_restart_does_not_claim_nothing_changed() {
+        // A store loaded from a snapshot at seq 100 holds no records: a
+        // consumer at 40 missed 60 changes and must hear so.
+        let mut log = ChangeLog::new(8);
+        log.reset(Seq(100));
+        let seqs = |log: &ChangeLog, s| {
+            log.since(Seq(s))
+                .map(|it| it.map(|r| r.seq.0).collect::<Vec<_>>())
+        };
+        assert_eq!(seqs(&log, 40), None);
+        assert_eq!(seqs(&log, 0), None);
+        assert_eq!(seqs(&log, 100), Some(vec![]));
+        log.push(record(101));
+        assert_eq!(seqs(&log, 100), Some(vec![101]));
+        assert_eq!(seqs(&log, 99), None);
+        // Skipped seqs restart the log at the new record.
+        log.push(record(105));
+        assert_eq!(seqs(&log, 101), None);
+        assert_eq!(seqs(&log, 104), Some(vec![105]));
+    }
+
+    #[test]
+    fn a_full_log_that_dropped_records_stays_exact() {
+        let mut log = ChangeLog::new(2);
+        for seq in 1..=4 {
+            log.push(record(seq));
+        }
+        // Holds 3 and 4: a consumer at 2 can continue, one at 1 cannot.
+        assert!(log.since(Seq(2)).is_some());
+        assert!(log.since(Seq(1)).is_none());
     }
 }

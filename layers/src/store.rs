@@ -493,7 +493,12 @@ impl Store {
             Some(cause) => {
                 self.restored(seq, collection, id, ChangeOp::Upsert, cause, at, touched);
             }
-            None => self.seq = self.seq.max(seq),
+            None => {
+                // State without its change: the log cannot answer for
+                // anything up to here, so consumers behind it resync.
+                self.seq = self.seq.max(seq);
+                self.log.reset(self.seq);
+            }
         }
     }
 
@@ -525,8 +530,8 @@ impl Store {
     /// The change log cannot hold a gap (consumers find records by seq
     /// arithmetic), so skipping seqs empties it: its consumers resync.
     pub fn advance_seq(&mut self, seq: Seq) {
-        if seq > self.seq && !self.log.is_empty() {
-            self.log = ChangeLog::new(self.config.change_log_capacity);
+        if seq > self.seq {
+            self.log.reset(seq);
         }
         self.seq = self.seq.max(seq);
     }
