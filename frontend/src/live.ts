@@ -110,6 +110,8 @@ export class LiveClient {
   private connHeard: number | null = null;
   /** The same for the last connection that delivered anything: the server was up then. */
   private serverUpSince: number | null = null;
+  /** The server history our picture's seq belongs to (from the snapshot). */
+  private epoch: string | null = null;
   private lastViewportSent = 0;
   private viewportTimer: unknown = null;
   private staleTimer: unknown = null;
@@ -178,7 +180,9 @@ export class LiveClient {
    */
   private async checkThenSubscribe(ws: SocketLike): Promise<void> {
     const wouldResume = this.picture.seq !== null && this.acked !== null && this.pending === null;
-    if (wouldResume && this.env.uptimeS) {
+    // A server that names its epoch decides itself whether `since` is from
+    // its history; only older servers need the uptime check.
+    if (wouldResume && this.epoch === null && this.env.uptimeS) {
       const up = await this.env.uptimeS().catch(() => null);
       if (this.ws !== ws) return;
       const since = this.serverUpSince;
@@ -203,7 +207,10 @@ export class LiveClient {
       bbox,
       precision: 6,
     };
-    if (resume) msg.since = this.picture.seq;
+    if (resume) {
+      msg.since = this.picture.seq;
+      if (this.epoch !== null) msg.epoch = this.epoch;
+    }
     this.acked = bbox;
     this.pending = null;
     this.send(msg);
@@ -261,6 +268,7 @@ export class LiveClient {
     switch (msg.type) {
       case 'snapshot': {
         const applied = this.picture.applySnapshot(msg as unknown as SnapshotMsg);
+        this.epoch = typeof msg.epoch === 'string' ? msg.epoch : null;
         this.stats.snapshots += 1;
         if ((msg as unknown as SnapshotMsg).resync) this.stats.resyncs += 1;
         this.o.onApplied?.(applied);

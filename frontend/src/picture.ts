@@ -25,6 +25,8 @@ export interface SnapshotMsg {
   type: 'snapshot';
   sub: string;
   seq: number;
+  /** The server history `seq` belongs to. */
+  epoch?: string;
   resync?: boolean;
   collections: Record<string, Feature[]>;
 }

@@ -126,7 +126,9 @@ pub async fn run(
 
     // Held until `run` returns: a second server on the same data directory
     // would interleave its journal writes with ours.
-    let _data_dir_lock = persist::Layout::new(&config_data_dir(&state)).lock()?;
+    let layout = persist::Layout::new(&config_data_dir(&state));
+    let _data_dir_lock = layout.lock()?;
+    state.set_epoch(&layout.epoch()?);
 
     // Stops the expiry task and the PostGIS copier at shutdown.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -48,6 +48,8 @@ struct Shared {
     hub: Hub,
     config: Config,
     started: Instant,
+    /// The history this server's seqs belong to (`persist::Layout::epoch`).
+    epoch: std::sync::OnceLock<Arc<str>>,
 }
 
 impl StateHandle {
@@ -70,6 +72,7 @@ impl StateHandle {
                 hub,
                 config,
                 started: Instant::now(),
+                epoch: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -151,6 +154,17 @@ impl StateHandle {
             .status
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = status;
+    }
+
+    /// Sets the epoch once, before clients are served.
+    pub fn set_epoch(&self, epoch: &str) {
+        let _ = self.shared.epoch.set(epoch.into());
+    }
+
+    /// The history seqs belong to: a client's `since` from another epoch
+    /// (a new data directory, whose seqs started over) is not resumed.
+    pub fn epoch(&self) -> &str {
+        self.shared.epoch.get().map_or("", |e| e)
     }
 
     /// Seconds since the server started.

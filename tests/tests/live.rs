@@ -1012,3 +1012,56 @@ async fn h3_aggregates_stream_with_the_viewport() {
     assert_eq!(client.next_of("error").await["code"], "bad_subscription");
     server.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_since_from_another_history_gets_a_resync_not_a_wrong_diff() {
+    // Server A: the client holds a picture at seq `since` of epoch `a`.
+    let dir_a = beeld_tests::scratch_dir("epoch-a");
+    let dir = dir_a.clone();
+    let server = TestServer::start_with(move |c| c.data_dir = dir).await;
+    server
+        .post("units", TOKEN_VR24, &unit("a1", 5.7, 50.85, "available"))
+        .await;
+    let mut client = WsClient::connect(&server).await;
+    client.send(subscribe("s1", &["units"], LIMBURG)).await;
+    let snapshot = client.next_of("snapshot").await;
+    let epoch_a = snapshot["epoch"].as_str().unwrap().to_owned();
+    assert_eq!(epoch_a.len(), 16, "{snapshot}");
+    let since = snapshot["seq"].as_u64().unwrap();
+    client.close().await;
+    server.stop().await.unwrap();
+
+    // The same data directory after a restart keeps its epoch: resumable.
+    let dir = dir_a.clone();
+    let server = TestServer::start_with(move |c| c.data_dir = dir).await;
+    let mut client = WsClient::connect(&server).await;
+    client.send(json!({"type": "subscribe", "id": "s1", "collections": ["units"], "bbox": LIMBURG, "since": since, "epoch": epoch_a})).await;
+    let resumed = client.next_frame(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(resumed["type"], "diff", "{resumed}");
+    client.close().await;
+    server.stop().await.unwrap();
+
+    // Server B: a fresh data directory whose seqs passed `since` again.
+    let dir_b = beeld_tests::scratch_dir("epoch-b");
+    let server = TestServer::start_with(move |c| {
+        c.data_dir = dir_b;
+        c.live.heartbeat = Duration::from_millis(300);
+    })
+    .await;
+    let units: Vec<Value> = (0..40)
+        .map(|i| unit(&format!("b{i}"), 5.7, 50.85, "available"))
+        .collect();
+    server.post("units", TOKEN_VR24, &collection(units)).await;
+    let (_, health) = server.get_json("/healthz").await;
+    let mut client = WsClient::connect(&server).await;
+    client.send(json!({"type": "subscribe", "id": "s1", "collections": ["units"], "bbox": LIMBURG, "since": since, "epoch": epoch_a})).await;
+    let answer = client.next_frame(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(answer["type"], "snapshot", "{answer} (health {health})");
+    assert_eq!(answer["resync"], true);
+    assert_ne!(answer["epoch"], epoch_a.as_str());
+    assert_eq!(answer["collections"]["units"].as_array().unwrap().len(), 40);
+    // Heartbeats name the epoch too, so an idle client can notice.
+    let heartbeat = client.next_of("heartbeat").await;
+    assert_eq!(heartbeat["epoch"], answer["epoch"]);
+    server.stop().await.unwrap();
+}

@@ -257,6 +257,27 @@ describe('LiveClient', () => {
     expect(env.socket.last('subscribe')!.since).toBe(10);
   });
 
+  it('resumes with the epoch, and lets the server judge it', async () => {
+    let asked = 0;
+    env.uptimeS = async () => {
+      asked += 1;
+      return 1; // would look like a restart to the uptime check
+    };
+    env.socket.receive({
+      type: 'snapshot', sub: 'map', epoch: '3f9a0c27d15e88b4', seq: 10,
+      collections: { units: [unit('a', 10)] },
+    });
+    env.advance(5000);
+    env.socket.drop();
+    env.advance(1000);
+    env.socket.open();
+    await new Promise((r) => setTimeout(r, 0));
+    const sub = env.socket.last('subscribe')!;
+    expect(sub.since).toBe(10);
+    expect(sub.epoch).toBe('3f9a0c27d15e88b4');
+    expect(asked).toBe(0);
+  });
+
   it('jittered backoff stays within ±25%', () => {
     expect(backoffDelay(1, 500, 8000, 0)).toBe(375);
     expect(backoffDelay(1, 500, 8000, 1)).toBe(625);

@@ -30,6 +30,10 @@ pub enum ClientMessage {
         /// Resume after this seq.
         #[serde(default)]
         since: Option<u64>,
+        /// The epoch of the snapshot `since` came from; another epoch's seq
+        /// is not resumed.
+        #[serde(default)]
+        epoch: Option<String>,
         /// Coordinate decimals (0–15).
         #[serde(default)]
         precision: Option<u8>,
@@ -159,11 +163,14 @@ pub fn pong(seq: Seq, id: Option<&serde_json::Value>) -> Outgoing {
 }
 
 /// A `heartbeat`: the server is alive and the picture is at `seq`.
-pub fn heartbeat(seq: Seq, at: &str) -> Outgoing {
+pub fn heartbeat(seq: Seq, epoch: &str, at: &str) -> Outgoing {
+    let mut json = String::from("{\"type\":\"heartbeat\",\"epoch\":");
+    push_json_str(&mut json, epoch);
+    let _ = write!(json, ",\"seq\":{seq},\"at\":\"{at}\"}}");
     Outgoing {
         kind: "heartbeat",
         seq: None,
-        json: format!("{{\"type\":\"heartbeat\",\"seq\":{seq},\"at\":\"{at}\"}}"),
+        json,
     }
 }
 
@@ -239,9 +246,18 @@ pub struct SnapshotWriter {
 
 impl SnapshotWriter {
     /// Starts a snapshot of `collections` for `sub`, consistent with `seq`.
-    pub fn new(sub: &str, seq: Seq, resync: bool, collections: &[Collection]) -> SnapshotWriter {
+    /// `epoch` names the history `seq` belongs to (echoed in `subscribe`).
+    pub fn new(
+        sub: &str,
+        epoch: &str,
+        seq: Seq,
+        resync: bool,
+        collections: &[Collection],
+    ) -> SnapshotWriter {
         let mut json = String::from("{\"type\":\"snapshot\",\"sub\":");
         push_json_str(&mut json, sub);
+        json.push_str(",\"epoch\":");
+        push_json_str(&mut json, epoch);
         let _ = write!(
             json,
             ",\"seq\":{seq},\"resync\":{resync},\"collections\":{{"
@@ -394,6 +410,7 @@ mod tests {
     fn messages_are_valid_json() {
         let mut w = SnapshotWriter::new(
             "s\"1",
+            "00ff00ff00ff00ff",
             Seq(7),
             true,
             &[Collection::Units, Collection::Hazards],

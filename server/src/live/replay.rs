@@ -133,7 +133,13 @@ async fn run(
         filters: Vec::new(),
     };
     let mut view = View::new(viewport);
-    let mut snapshot = SnapshotWriter::new(&request.id, store.seq(), false, &request.collections);
+    let mut snapshot = SnapshotWriter::new(
+        &request.id,
+        state.epoch(),
+        store.seq(),
+        false,
+        &request.collections,
+    );
     for (collection, feature) in view.snapshot(&store) {
         let mut json = String::new();
         push_feature(&mut json, feature);

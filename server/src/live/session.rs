@@ -173,6 +173,7 @@ impl Session {
                 bbox,
                 filters,
                 since,
+                epoch,
                 precision,
                 deltas,
                 events,
@@ -185,6 +186,7 @@ impl Session {
                     .collect();
                 let options = Options {
                     since,
+                    epoch,
                     precision,
                     deltas,
                     events,
@@ -255,12 +257,29 @@ impl Session {
     ) -> Vec<Outgoing> {
         let Options {
             since,
+            epoch,
             precision,
             deltas,
             events,
             events_since,
             aggregates,
         } = options;
+        // A seq from another history (the data directory was replaced and
+        // seqs started over) could name a point here that means something
+        // else: never resume from it, always resync.
+        let foreign = epoch
+            .as_deref()
+            .is_some_and(|e| !self.state.epoch().is_empty() && e != self.state.epoch());
+        let (since, resync) = if foreign {
+            (None, true)
+        } else {
+            (since, since.is_some())
+        };
+        let events_since = if foreign {
+            events_since.map(|_| u64::MAX)
+        } else {
+            events_since
+        };
         if aggregates.is_some_and(|r| !beeld_layers::relate::H3_RESOLUTIONS.contains(&r)) {
             return vec![protocol::error(
                 "bad_subscription",
@@ -352,8 +371,8 @@ impl Session {
                     &self.hub,
                     &mut sub,
                     &id,
-                    seq,
-                    since.is_some(),
+                    (self.state.epoch(), seq),
+                    resync,
                     &parsed,
                     &features,
                 )
@@ -603,7 +622,7 @@ fn aggregate_changes(
 }
 
 /// Subscription options beyond the viewport.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Options {
     /// Resume after this seq.
     pub since: Option<u64>,
@@ -611,6 +630,8 @@ pub struct Options {
     pub precision: Option<u8>,
     /// Field-level deltas.
     pub deltas: bool,
+    /// The epoch `since` and `events_since` belong to, if the client knows.
+    pub epoch: Option<String>,
     /// Stream enter/exit/alert events.
     pub events: bool,
     /// Resume events after this number.
@@ -636,8 +657,10 @@ fn missed_events(
     let Some(after) = events_since else {
         return protocol::events(name, newest, newest, false, &[]);
     };
-    let Some(missed) = log.since(after) else {
-        return protocol::events(name, after, newest, true, &[]);
+    // Past the newest event: numbers from another history. Resync.
+    let missed = (after <= newest).then(|| log.since(after)).flatten();
+    let Some(missed) = missed else {
+        return protocol::events(name, after.min(newest), newest, true, &[]);
     };
     let bbox = sub.view.viewport().bbox;
     let json: Vec<String> = missed
@@ -684,12 +707,12 @@ fn encode_snapshot(
     hub: &Hub,
     sub: &mut Subscription,
     name: &str,
-    seq: Seq,
+    (epoch, seq): (&str, Seq),
     resync: bool,
     collections: &[Collection],
     features: &[(Collection, Feature)],
 ) -> Outgoing {
-    let mut writer = SnapshotWriter::new(name, seq, resync, collections);
+    let mut writer = SnapshotWriter::new(name, epoch, seq, resync, collections);
     for (collection, feature) in features {
         let json = encode_feature(hub, sub, *collection, feature);
         writer.feature(*collection, &json);

@@ -31,7 +31,7 @@ fn event(message: Outgoing) -> Event {
     event
 }
 
-/// `GET /events?collections=units,hazards&bbox=…[&precision=6][&deltas=true][&since=N][&property=value…]`
+/// `GET /events?collections=units,hazards&bbox=…[&precision=6][&deltas=true][&since=N][&epoch=E][&property=value…]`
 pub async fn events(
     State(state): State<StateHandle>,
     headers: HeaderMap,
@@ -44,6 +44,7 @@ pub async fn events(
     let mut events = false;
     let mut aggregates = None;
     let mut since = None;
+    let mut epoch = None;
     let mut filters = Vec::new();
     for (key, value) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
         match key.as_ref() {
@@ -79,6 +80,7 @@ pub async fn events(
                         .map_err(|_| bad("since must be a seq number"))?,
                 )
             }
+            "epoch" => epoch = Some(value.into_owned()),
             "access_token" => {}
             name if !name.is_empty()
                 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') =>
@@ -105,6 +107,7 @@ pub async fn events(
     let mut session = Session::new(state.clone(), hub.clone(), conn);
     let options = super::session::Options {
         since,
+        epoch,
         precision,
         deltas,
         events,
@@ -149,7 +152,7 @@ pub async fn events(
                         session.handle_tick(&tick)
                     }
                 }
-                _ = heartbeat.tick() => vec![protocol::heartbeat(state.read().seq(), &now().to_rfc3339())],
+                _ = heartbeat.tick() => vec![protocol::heartbeat(state.read().seq(), state.epoch(), &now().to_rfc3339())],
                 _ = shutdown.changed() => break 'serve,
                 () = tx.closed() => break 'serve,
             };

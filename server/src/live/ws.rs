@@ -177,7 +177,7 @@ async fn serve(state: StateHandle, hub: Hub, socket: WebSocket, framing: Framing
                 if sink.send(Message::Ping(Vec::new().into())).await.is_err() {
                     break None;
                 }
-                out.push(protocol::heartbeat(state.read().seq(), &now().to_rfc3339()));
+                out.push(protocol::heartbeat(state.read().seq(), state.epoch(), &now().to_rfc3339()));
                 out
             }
             Some(message) = async {

@@ -69,6 +69,23 @@ impl Error {
     }
 }
 
+fn is_epoch(text: &str) -> bool {
+    text.len() == 16 && text.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// 64 bits from std's per-process random hash keys (seeded by the OS), the
+/// clock and the process id: an identifier that differs between histories.
+fn new_epoch() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(nanos);
+    hasher.write_u32(std::process::id());
+    format!("{:016x}", hasher.finish())
+}
+
 /// Where the files live under the data directory.
 #[derive(Debug, Clone)]
 pub struct Layout {
@@ -92,6 +109,32 @@ impl Layout {
     /// `DATA_DIR/snapshots`.
     pub fn snapshots(&self) -> PathBuf {
         self.data_dir.join("snapshots")
+    }
+
+    /// `DATA_DIR/EPOCH`: names the history the seqs of this data directory
+    /// belong to. A new one is made whenever the directory holds no journal
+    /// and no snapshot (a fresh directory, or one whose history was
+    /// deleted), because seqs then start over and a client's `since` from
+    /// before would point into a different history. Call with the lock held.
+    pub fn epoch(&self) -> Result<String, Error> {
+        let path = self.data_dir.join("EPOCH");
+        let has_files = |dir: PathBuf| {
+            std::fs::read_dir(dir).is_ok_and(|mut entries| {
+                entries.any(|e| e.is_ok_and(|e| e.metadata().is_ok_and(|m| m.len() > 0)))
+            })
+        };
+        let history = has_files(self.journal()) || has_files(self.snapshots());
+        if history
+            && let Ok(text) = std::fs::read_to_string(&path)
+            && is_epoch(text.trim())
+        {
+            return Ok(text.trim().to_owned());
+        }
+        let epoch = new_epoch();
+        let tmp = self.data_dir.join("EPOCH.tmp");
+        std::fs::write(&tmp, format!("{epoch}\n")).map_err(|e| Error::io(&tmp, e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
+        Ok(epoch)
     }
 
     /// Takes the data directory's lock file for this process. The returned
