@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 seconds=${1:-15}
 cargo build --release --bin beeld >/dev/null
 cargo build --release -p beeld-benches --bin loadgen >/dev/null
-bin=target/release
+bin="${CARGO_TARGET_DIR:-target}/release"
 token=fanout-bench-token
 port=18190
 

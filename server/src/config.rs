@@ -110,7 +110,7 @@ pub struct ServeArgs {
     #[arg(long, env = "BEELD_TICK_MS", value_name = "MS")]
     pub tick_ms: Option<u64>,
     /// Ticks a live client may have queued before it is resynchronised
-    /// [default: 8].
+    /// [default: 32].
     #[arg(long, env = "BEELD_CLIENT_QUEUE_TICKS", value_name = "N")]
     pub client_queue_ticks: Option<usize>,
     /// Resyncs per minute after which a slow live client is disconnected

@@ -12,7 +12,7 @@
 //! The hub runs on its own OS thread (`beeld-fanout`), owned by
 //! [`crate::run`], which stops it through [`Hub::stop`] at shutdown.
 
-use std::collections::HashMap;
+use hashbrown::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -72,7 +72,11 @@ impl Default for LiveConfig {
     fn default() -> Self {
         LiveConfig {
             tick: Duration::from_millis(100),
-            queue_ticks: 8,
+            // Queued ticks are coalesced into one diff when the connection
+            // gets to them, so a deeper queue absorbs a stall cheaply; a
+            // full one costs a catch-up against the whole store. 32 ticks
+            // is 3.2 s at the default tick (BENCHMARKS.md, fan-out).
+            queue_ticks: 32,
             max_message_bytes: 64 * 1024,
             messages_per_second: 50,
             heartbeat: Duration::from_secs(10),
@@ -208,6 +212,50 @@ pub struct Tick {
     pub items: Vec<(u32, Arc<Delivery>)>,
     /// `(subscription key, event)`, for subscriptions that asked for events.
     pub events: Vec<(u32, Arc<EventDelivery>)>,
+}
+
+impl Tick {
+    /// Adds every tick the connection has queued to this one, as if the hub
+    /// had used one longer tick: a feature routed more than once appears
+    /// once, in its latest state. A connection that falls behind thus sends
+    /// fewer, larger messages and catches up by itself, instead of filling
+    /// its queue and needing a catch-up computed against the whole store.
+    ///
+    /// Sound because routing goes by the box a change touched (before and
+    /// after): a feature the client may hold that changed later is in a
+    /// later tick, so an earlier delivery that is not superseded is still
+    /// the feature's state at the later seq as far as this client can see.
+    pub fn absorb_queued(&mut self, queue: &mut mpsc::Receiver<Tick>) -> usize {
+        let mut later = Vec::new();
+        while let Ok(tick) = queue.try_recv() {
+            later.push(tick);
+        }
+        if later.is_empty() {
+            return 0;
+        }
+        let n = later.len();
+        let mut latest: HashMap<(u32, Collection, FeatureId), usize> = HashMap::new();
+        let mut items: Vec<Option<(u32, Arc<Delivery>)>> = Vec::new();
+        for tick in std::iter::once(std::mem::take(&mut self.items))
+            .chain(later.iter_mut().map(|t| std::mem::take(&mut t.items)))
+        {
+            for (key, delivery) in tick {
+                let at = items.len();
+                if let Some(earlier) =
+                    latest.insert((key, delivery.collection, Arc::clone(&delivery.id)), at)
+                {
+                    items[earlier] = None;
+                }
+                items.push(Some((key, delivery)));
+            }
+        }
+        self.items = items.into_iter().flatten().collect();
+        for tick in later {
+            self.seq = self.seq.max(tick.seq);
+            self.events.extend(tick.events);
+        }
+        n
+    }
 }
 
 struct Conn {
@@ -726,6 +774,51 @@ mod tests {
         assert!(whole.contains("\"type\":\"Feature\""), "{whole}");
         let full = d.variant(None, false).expect("full");
         assert!(Arc::ptr_eq(&full, d.json.as_ref().expect("json")));
+    }
+
+    fn tick(seq: u64, deliveries: &[(&str, u64)]) -> Tick {
+        let items = deliveries
+            .iter()
+            .map(|(id, version)| {
+                let mut feature = unit(5.1, "available", *version);
+                feature.id = (*id).into();
+                let mut d = delivery(unit(5.1, "available", 1), feature);
+                d.id = (*id).into();
+                (0, Arc::new(d))
+            })
+            .collect();
+        let events = vec![(
+            0,
+            Arc::new(EventDelivery {
+                n: seq,
+                json: "{}".into(),
+            }),
+        )];
+        Tick {
+            seq: Seq(seq),
+            items,
+            events,
+        }
+    }
+
+    #[test]
+    fn queued_ticks_coalesce_to_each_features_latest_state() {
+        let (tx, mut rx) = mpsc::channel(8);
+        let mut first = tick(10, &[("a", 9), ("b", 10)]);
+        tx.try_send(tick(20, &[("a", 15), ("c", 20)]))
+            .expect("queue");
+        tx.try_send(tick(30, &[("a", 30)])).expect("queue");
+        assert_eq!(first.absorb_queued(&mut rx), 2);
+        assert_eq!(first.seq, Seq(30));
+        let got: Vec<(&str, u64)> = first
+            .items
+            .iter()
+            .map(|(_, d)| (&*d.id, d.feature.as_ref().expect("feature").seq.0))
+            .collect();
+        assert_eq!(got, [("b", 10), ("c", 20), ("a", 30)]);
+        let events: Vec<u64> = first.events.iter().map(|(_, e)| e.n).collect();
+        assert_eq!(events, [10, 20, 30], "events are kept, in order");
+        assert_eq!(first.absorb_queued(&mut rx), 0, "nothing more queued");
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! routes in step, and encodes messages. Store reads take the read lock
 //! briefly, clone what they need and encode after releasing it.
 
-use std::collections::HashMap;
+use hashbrown::HashMap;
 use std::sync::Arc;
 
 use beeld_layers::view::{Item, RemoveReason, View, Viewport};

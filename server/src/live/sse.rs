@@ -142,7 +142,8 @@ pub async fn events(
                 }
             }
             pending = tokio::select! {
-                Some(tick) = ticks.recv() => {
+                Some(mut tick) = ticks.recv() => {
+                    tick.absorb_queued(&mut ticks);
                     if lagging.swap(false, Ordering::Relaxed) {
                         match super::ws::catch_up(&mut session, &mut ticks, &mut catch_ups, config.max_resyncs_per_minute) {
                             Ok(out) => out,

@@ -153,7 +153,8 @@ async fn serve(state: StateHandle, hub: Hub, socket: WebSocket, framing: Framing
                     break None;
                 }
             },
-            Some(tick) = ticks.recv() => {
+            Some(mut tick) = ticks.recv() => {
+                tick.absorb_queued(&mut ticks);
                 if lagging.swap(false, Ordering::Relaxed) {
                     match catch_up(&mut session, &mut ticks, &mut catch_ups, config.max_resyncs_per_minute) {
                         Ok(out) => out,
