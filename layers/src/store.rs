@@ -643,6 +643,15 @@ impl Store {
         &self.relations
     }
 
+    /// Empties the relations' event log and restarts its numbering.
+    /// Recovery replays history into a new store, and the enter/exit events
+    /// that replay raises were told (or were due) in the run that made
+    /// them: they are state now, not news, and must not reach clients as
+    /// fresh events. Only before the log has consumers (at start).
+    pub fn forget_events(&mut self) {
+        self.relations.forget_events();
+    }
+
     /// Registers a coverage rule (evaluated at once and on every change).
     pub fn add_rule(
         &mut self,

@@ -253,6 +253,7 @@ async fn load(
         open_postgis(url, &layout, &store_config, &mut rebuilt).await?;
         state.set_postgis(status);
     }
+    rebuilt.store.forget_events();
     *state.write() = rebuilt.store;
     // Unbounded on purpose: one message per closed segment (every 64 MiB of
     // journal), and the snapshot thread coalesces a backlog into one snapshot.
@@ -309,6 +310,8 @@ async fn load(
     let (n_boundaries, seq, ticket) = {
         let mut store = state.write();
         let applied = store.load(batch).map_err(|e| e.to_string())?;
+        // Placing recovered features in the regions again is not news either.
+        store.forget_events();
         // Boundaries are not journaled (they are reloaded from their
         // files), but their seqs are, so seqs never repeat across restarts.
         let ticket = applied

@@ -50,6 +50,8 @@ struct Shared {
     started: Instant,
     /// The history this server's seqs belong to (`persist::Layout::epoch`).
     epoch: std::sync::OnceLock<Arc<str>>,
+    /// This process: relation event numbers are per run.
+    run: Arc<str>,
 }
 
 impl StateHandle {
@@ -73,6 +75,7 @@ impl StateHandle {
                 config,
                 started: Instant::now(),
                 epoch: std::sync::OnceLock::new(),
+                run: crate::persist::new_epoch().into(),
             }),
         }
     }
@@ -165,6 +168,13 @@ impl StateHandle {
     /// (a new data directory, whose seqs started over) is not resumed.
     pub fn epoch(&self) -> &str {
         self.shared.epoch.get().map_or("", |e| e)
+    }
+
+    /// Names this run of the server. Enter/exit/alert event numbers start
+    /// over with every run (events are derived from the state, which is
+    /// rebuilt at start), so an event number means something only with it.
+    pub fn run(&self) -> &str {
+        &self.shared.run
     }
 
     /// Seconds since the server started.

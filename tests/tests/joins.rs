@@ -552,3 +552,53 @@ fn the_locator_matches_brute_force_on_real_cbs_boundaries_including_invalid_ones
         }
     }
 }
+
+#[tokio::test]
+async fn a_restart_raises_no_events_for_memberships_that_already_existed() {
+    let data_dir = beeld_tests::scratch_dir("joins-restart");
+    let dir = data_dir.clone();
+    let server = TestServer::start_with(move |c| c.data_dir = dir).await;
+    let (x, y) = VALKENBURG;
+    server
+        .post(
+            "hazards",
+            TOKEN_VR24,
+            &hazard("h1", x - 0.01, y - 0.01, 0.02),
+        )
+        .await;
+    server
+        .post("units", TOKEN_VR24, &unit("u1", x, y, "available"))
+        .await;
+    let (_, before) = server.get_json("/joins/events?after=0").await;
+    assert_eq!(before["events"][0]["type"], "enter", "{before}");
+    let old_run = before["run"].as_str().unwrap().to_owned();
+    let old_last = before["last"].as_u64().unwrap();
+    server.stop().await.unwrap();
+
+    let dir = data_dir.clone();
+    let server = TestServer::start_with(move |c| c.data_dir = dir).await;
+    // The membership is back, without a second `enter`.
+    let (_, body) = server.get_json("/joins/hazards/h1/units").await;
+    assert_eq!(ids(&body["units"]), ["u1"]);
+    let (status, after) = server.get_json("/joins/events?after=0").await;
+    assert_eq!(status, 200, "{after}");
+    assert_eq!(after["events"], json!([]), "replayed state is not news");
+    assert_ne!(after["run"], old_run.as_str());
+    // A poller still on the old run is told to resynchronise, not handed
+    // new events under old numbers.
+    let (status, problem) = server
+        .get_json(&format!("/joins/events?after={old_last}&run={old_run}"))
+        .await;
+    assert_eq!(status, 410, "{problem}");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("restarted"),
+        "{problem}"
+    );
+    // New events are numbered in the new run.
+    server
+        .post("units", TOKEN_VR24, &unit("u1", x + 0.2, y, "en_route"))
+        .await;
+    let (_, body) = server.get_json("/joins/events?after=0").await;
+    assert_eq!(body["events"][0]["type"], "exit", "{body}");
+    server.stop().await.unwrap();
+}

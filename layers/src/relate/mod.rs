@@ -589,6 +589,14 @@ impl EventLog {
         self.last
     }
 
+    /// Forgets every event and numbers the next one 1 again. Only for a
+    /// log nobody has read yet: a consumer that had read up to some number
+    /// would take later events under it for old ones.
+    pub fn reset(&mut self) {
+        self.events.clear();
+        self.last = 0;
+    }
+
     /// The number of the oldest event held.
     pub fn oldest(&self) -> Option<u64> {
         self.events.front().map(|e| e.n)
@@ -1520,6 +1528,11 @@ impl Relations {
     /// The event log.
     pub fn events(&self) -> &EventLog {
         &self.events
+    }
+
+    /// Empties the event log (see [`crate::Store::forget_events`]).
+    pub fn forget_events(&mut self) {
+        self.events.reset();
     }
 
     /// The units inside a hazard, sorted by id; `None` for an unknown hazard.

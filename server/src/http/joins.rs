@@ -355,9 +355,10 @@ pub(crate) fn event_json(event: &Event) -> Value {
     v
 }
 
-/// `GET /joins/events?after=N&limit=M`: events numbered above `after`.
-/// 410 when some were dropped from the bounded log (resynchronise from the
-/// join endpoints, then continue from `last`).
+/// `GET /joins/events?after=N&limit=M[&run=R]`: events numbered above
+/// `after`. 410 when some were dropped from the bounded log, or when `run`
+/// names an earlier run of the server, whose numbers meant other events
+/// (resynchronise from the join endpoints, then continue from `last`).
 pub async fn events(
     State(state): State<StateHandle>,
     RawQuery(raw): RawQuery,
@@ -367,6 +368,18 @@ pub async fn events(
     let limit = number::<usize>(&params, "limit")?
         .unwrap_or(100)
         .clamp(1, MAX_EVENTS);
+    let run = state.run();
+    if let Some(asked) = params.get("run").filter(|r| r.as_str() != run) {
+        let last = state.read().relations().events().last();
+        return Err(Problem::new(
+            StatusCode::GONE,
+            "events-gone",
+            "Events from another run",
+            format!(
+                "event numbers of run '{asked}' do not apply: the server restarted (run '{run}') and numbers events anew; read the current relations and continue from 'last' = {last} with run '{run}'"
+            ),
+        ));
+    }
     let store = state.read();
     let log = store.relations().events();
     let last = log.last();
@@ -389,6 +402,7 @@ pub async fn events(
         .unwrap_or(after.min(last));
     Ok(ok(&json!({
         "events": page,
+        "run": run,
         "next_after": next,
         "last": last,
         "more": next < last,

@@ -123,8 +123,9 @@ fn joins_paths(bearer: &Value) -> Value {
             ], "responses": {"200": {"description": "{resolution, cells: [{cell (hex H3 index), counts: [{collection, type, status?, count}]}], seq}", "content": {"application/json": {}}}, "400": problem_response("Invalid parameter")}}},
             "/joins/events": {"get": {"summary": "Recent enter/exit and alert events, paged by event number", "operationId": "getJoinEvents", "parameters": [
                 {"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0, "default": 0}},
-                {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 100}}
-            ], "responses": {"200": {"description": "{events: [{n, seq, at, type: enter|exit|alert_raised|alert_cleared, unit?, hazard?, rule?, count?}], next_after, last, more}", "content": {"application/json": {}}}, "410": problem_response("Events after 'after' have left the bounded log; resynchronise")}}},
+                {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 100}},
+                {"name": "run", "in": "query", "description": "The run 'after' came from; numbers restart with every run of the server", "schema": {"type": "string"}}
+            ], "responses": {"200": {"description": "{events: [{n, seq, at, type: enter|exit|alert_raised|alert_cleared, unit?, hazard?, rule?, count?}], run, next_after, last, more}", "content": {"application/json": {}}}, "410": problem_response("Events after 'after' have left the bounded log, or 'run' is an earlier run; resynchronise")}}},
             "/joins/rules": {
                 "get": {"summary": "Coverage rules with their live count and alert state", "operationId": "getRules", "responses": {"200": {"description": "{rules: [Rule]}", "content": {"application/json": {}}}}},
                 "post": {"summary": "Register a coverage rule", "operationId": "createRule", "security": bearer, "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["target"], "properties": {

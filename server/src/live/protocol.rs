@@ -46,6 +46,9 @@ pub enum ClientMessage {
         /// Resume events after this event number.
         #[serde(default)]
         events_since: Option<u64>,
+        /// The `run` of the events message `events_since` came from.
+        #[serde(default)]
+        events_run: Option<String>,
         /// Also stream H3 counts of units and incidents at this resolution (4-9).
         #[serde(default)]
         aggregates: Option<u8>,
@@ -189,9 +192,17 @@ pub fn unsubscribed(sub: &str) -> Outgoing {
 /// An `events` message: events `(from, to]` for one subscription, or with
 /// `resync` when some were dropped from the bounded event log (reload the
 /// relations from `/joins`, then continue from `to`).
-pub fn events(sub: &str, from: u64, to: u64, resync: bool, items: &[&str]) -> Outgoing {
+pub fn events(
+    sub: &str,
+    run: &str,
+    (from, to): (u64, u64),
+    resync: bool,
+    items: &[&str],
+) -> Outgoing {
     let mut json = String::from("{\"type\":\"events\",\"sub\":");
     push_json_str(&mut json, sub);
+    json.push_str(",\"run\":");
+    push_json_str(&mut json, run);
     let _ = write!(
         json,
         ",\"from_event\":{from},\"event\":{to},\"resync\":{resync},\"events\":["

@@ -178,6 +178,7 @@ impl Session {
                 deltas,
                 events,
                 events_since,
+                events_run,
                 aggregates,
             } => {
                 let filters = filters
@@ -191,6 +192,7 @@ impl Session {
                     deltas,
                     events,
                     events_since,
+                    events_run,
                     aggregates,
                 };
                 self.subscribe(id, &collections, bbox, filters, options)
@@ -262,6 +264,7 @@ impl Session {
             deltas,
             events,
             events_since,
+            events_run,
             aggregates,
         } = options;
         // A seq from another history (the data directory was replaced and
@@ -275,7 +278,9 @@ impl Session {
         } else {
             (since, since.is_some())
         };
-        let events_since = if foreign {
+        // Event numbers start over with every run of the server.
+        let other_run = events_run.as_deref().is_some_and(|r| r != self.state.run());
+        let events_since = if foreign || other_run {
             events_since.map(|_| u64::MAX)
         } else {
             events_since
@@ -348,7 +353,8 @@ impl Session {
             aggregates: aggregates.map(|r| (r, HashMap::new())),
         };
         let store = self.state.read();
-        let events_message = events.then(|| missed_events(&store, &mut sub, &id, events_since));
+        let events_message =
+            events.then(|| missed_events(&store, &mut sub, (&id, self.state.run()), events_since));
         let aggregates_message = aggregate_changes(&store, &mut sub, &id, true);
         let resumed =
             since.and_then(|s| sub.view.resume(&store, Seq(s)).map(|items| (s, own(items))));
@@ -449,8 +455,8 @@ impl Session {
             };
             out.push(protocol::events(
                 name,
-                sub.last_event,
-                newest,
+                self.state.run(),
+                (sub.last_event, newest),
                 false,
                 &fresh,
             ));
@@ -636,6 +642,8 @@ pub struct Options {
     pub events: bool,
     /// Resume events after this number.
     pub events_since: Option<u64>,
+    /// The run `events_since` belongs to, if the client knows.
+    pub events_run: Option<String>,
     /// Stream H3 counts at this resolution.
     pub aggregates: Option<u8>,
 }
@@ -647,7 +655,7 @@ pub struct Options {
 fn missed_events(
     store: &beeld_layers::Store,
     sub: &mut Subscription,
-    name: &str,
+    (name, run): (&str, &str),
     events_since: Option<u64>,
 ) -> Outgoing {
     use beeld_layers::relate::EventKind;
@@ -655,12 +663,12 @@ fn missed_events(
     let newest = log.last();
     sub.last_event = newest;
     let Some(after) = events_since else {
-        return protocol::events(name, newest, newest, false, &[]);
+        return protocol::events(name, run, (newest, newest), false, &[]);
     };
     // Past the newest event: numbers from another history. Resync.
     let missed = (after <= newest).then(|| log.since(after)).flatten();
     let Some(missed) = missed else {
-        return protocol::events(name, after.min(newest), newest, true, &[]);
+        return protocol::events(name, run, (after.min(newest), newest), true, &[]);
     };
     let bbox = sub.view.viewport().bbox;
     let json: Vec<String> = missed
@@ -677,7 +685,7 @@ fn missed_events(
         .map(|event| crate::http::joins::event_json(event).to_string())
         .collect();
     let refs: Vec<&str> = json.iter().map(String::as_str).collect();
-    protocol::events(name, after, newest, false, &refs)
+    protocol::events(name, run, (after, newest), false, &refs)
 }
 
 fn check_bbox(bbox: [f64; 4]) -> Result<Rect<f64>, String> {

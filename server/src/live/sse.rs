@@ -112,6 +112,7 @@ pub async fn events(
         deltas,
         events,
         events_since: None,
+        events_run: None,
         aggregates,
     };
     let first = session.subscribe("events".to_owned(), &collections, bbox, filters, options);

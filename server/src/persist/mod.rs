@@ -75,7 +75,7 @@ fn is_epoch(text: &str) -> bool {
 
 /// 64 bits from std's per-process random hash keys (seeded by the OS), the
 /// clock and the process id: an identifier that differs between histories.
-fn new_epoch() -> String {
+pub(crate) fn new_epoch() -> String {
     use std::hash::{BuildHasher, Hasher};
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
