@@ -661,6 +661,21 @@ impl Store {
         self.relations.add_rule(rule, self.seq, at)
     }
 
+    /// Registers a coverage rule under a known id (recovery).
+    pub fn restore_rule(
+        &mut self,
+        id: u64,
+        rule: crate::relate::Rule,
+        at: Timestamp,
+    ) -> Result<(), crate::relate::RuleError> {
+        self.relations.restore_rule(id, rule, self.seq, at)
+    }
+
+    /// Never hands out rule ids below `next` (recovery).
+    pub fn reserve_rule_ids(&mut self, next: u64) {
+        self.relations.reserve_rule_ids(next);
+    }
+
     /// Deletes a coverage rule, clearing its alert; whether it existed.
     pub fn remove_rule(&mut self, id: u64, at: Timestamp) -> bool {
         self.relations.remove_rule(id, self.seq, at)

@@ -302,6 +302,7 @@ async fn load(
             stop,
         ));
     }
+    let rules = persist::rules::load(&config.data_dir).map_err(|e| e.to_string())?;
     let batch = match boundaries.await {
         Ok(Ok(batch)) => batch,
         Ok(Err(e)) => return Err(e.to_string()),
@@ -310,7 +311,26 @@ async fn load(
     let (n_boundaries, seq, ticket) = {
         let mut store = state.write();
         let applied = store.load(batch).map_err(|e| e.to_string())?;
-        // Placing recovered features in the regions again is not news either.
+        // Coverage rules come back with their ids, now that the hazards
+        // and regions they name are in place.
+        store.reserve_rule_ids(rules.next_id);
+        for (id, body) in &rules.rules {
+            let rule = http::joins::parse_rule(body).map_err(|p| {
+                format!(
+                    "{}: rule {id} cannot be read ({}); fix or remove it",
+                    persist::rules::path(&config.data_dir).display(),
+                    p.detail
+                )
+            })?;
+            store.restore_rule(*id, rule, state::now()).map_err(|e| {
+                format!(
+                    "{}: rule {id}: {e}",
+                    persist::rules::path(&config.data_dir).display()
+                )
+            })?;
+        }
+        // Placing recovered features in the regions again, and the alerts
+        // of restored rules, are not news either.
         store.forget_events();
         // Boundaries are not journaled (they are reloaded from their
         // files), but their seqs are, so seqs never repeat across restarts.

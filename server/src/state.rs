@@ -52,6 +52,8 @@ struct Shared {
     epoch: std::sync::OnceLock<Arc<str>>,
     /// This process: relation event numbers are per run.
     run: Arc<str>,
+    /// Orders coverage-rule changes with their writes to `rules.json`.
+    rules: tokio::sync::Mutex<()>,
 }
 
 impl StateHandle {
@@ -76,6 +78,7 @@ impl StateHandle {
                 started: Instant::now(),
                 epoch: std::sync::OnceLock::new(),
                 run: crate::persist::new_epoch().into(),
+                rules: tokio::sync::Mutex::new(()),
             }),
         }
     }
@@ -175,6 +178,11 @@ impl StateHandle {
     /// rebuilt at start), so an event number means something only with it.
     pub fn run(&self) -> &str {
         &self.shared.run
+    }
+
+    /// Held while a coverage rule changes and `rules.json` is rewritten.
+    pub fn rules_lock(&self) -> &tokio::sync::Mutex<()> {
+        &self.shared.rules
     }
 
     /// Seconds since the server started.

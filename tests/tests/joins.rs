@@ -602,3 +602,82 @@ async fn a_restart_raises_no_events_for_memberships_that_already_existed() {
     assert_eq!(body["events"][0]["type"], "exit", "{body}");
     server.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn coverage_rules_survive_a_restart_with_their_ids() {
+    let data_dir = beeld_tests::scratch_dir("rules-restart");
+    let dir = data_dir.clone();
+    let server = TestServer::start_with(move |c| c.data_dir = dir).await;
+    let (x, y) = VALKENBURG;
+    server
+        .post("hazards", TOKEN_VR24, &hazard("plume", x, y, 0.01))
+        .await;
+    let mut ids = Vec::new();
+    for rule in [
+        json!({"target": {"hazard": "plume", "radius_km": 10}, "type": "fire_engine", "status": "available", "min_units": 2}),
+        json!({"target": {"region": "VR02"}, "type": "ambulance"}),
+        json!({"target": {"region": "VR24"}}),
+    ] {
+        let (status, _, created) = send_json(
+            &server,
+            reqwest::Method::POST,
+            "/joins/rules",
+            TOKEN_VR24,
+            &rule,
+        )
+        .await;
+        assert_eq!(status, 201, "{created}");
+        ids.push(created["id"].as_u64().unwrap());
+    }
+    let (status, _, _) = send_json(
+        &server,
+        reqwest::Method::DELETE,
+        &format!("/joins/rules/{}", ids[2]),
+        TOKEN_VR24,
+        &Value::Null,
+    )
+    .await;
+    assert_eq!(status, 204);
+    let (_, before) = server.get_json("/joins/rules").await;
+    server.stop().await.unwrap();
+
+    let dir = data_dir.clone();
+    let server = TestServer::start_with(move |c| c.data_dir = dir).await;
+    let (_, after) = server.get_json("/joins/rules").await;
+    let strip = |rules: &Value| -> Vec<Value> {
+        rules["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let mut r = r.clone();
+                r.as_object_mut().unwrap().remove("since");
+                r
+            })
+            .collect()
+    };
+    assert_eq!(strip(&after), strip(&before), "same rules, ids and alerts");
+    assert_eq!(after["rules"].as_array().unwrap().len(), 2);
+    // A new rule is numbered after the restored ones, never reusing an id.
+    let (_, _, created) = send_json(
+        &server,
+        reqwest::Method::POST,
+        "/joins/rules",
+        TOKEN_VR24,
+        &json!({"target": {"region": "VR23"}}),
+    )
+    .await;
+    assert!(created["id"].as_u64().unwrap() > ids[2], "{created}");
+    server.stop().await.unwrap();
+
+    // A damaged rules file stops the server with a message naming it.
+    std::fs::write(
+        data_dir.join("rules.json"),
+        "{\"rules\": [{\"id\": 1, \"target\": {}}]}",
+    )
+    .unwrap();
+    let dir = data_dir.clone();
+    let server = TestServer::spawn(move |c| c.data_dir = dir).await;
+    let error = server.join().await.unwrap_err().to_string();
+    assert!(error.contains("rules.json"), "{error}");
+}

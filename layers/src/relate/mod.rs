@@ -1465,6 +1465,21 @@ impl Relations {
 
     /// Registers a rule and evaluates it at once; returns its id.
     pub fn add_rule(&mut self, rule: Rule, cause: Seq, at: Timestamp) -> Result<u64, RuleError> {
+        let id = self.next_rule;
+        self.restore_rule(id, rule, cause, at)?;
+        Ok(id)
+    }
+
+    /// Registers a rule under a known id (recovery of durable rules): ids
+    /// stay what clients were told, and new rules are numbered after it.
+    /// An id already in use is replaced.
+    pub fn restore_rule(
+        &mut self,
+        id: u64,
+        rule: Rule,
+        cause: Seq,
+        at: Timestamp,
+    ) -> Result<(), RuleError> {
         if let RuleTarget::NearHazard { radius_km, .. } = &rule.target
             && !(*radius_km > 0.0 && *radius_km <= 500.0)
         {
@@ -1473,8 +1488,7 @@ impl Relations {
         if rule.min_units == 0 {
             return Err(RuleError::MinUnits);
         }
-        let id = self.next_rule;
-        self.next_rule += 1;
+        self.next_rule = self.next_rule.max(id + 1);
         let members = self.members_from_scratch(&rule);
         self.rules.insert(
             id,
@@ -1492,7 +1506,7 @@ impl Relations {
             state.count = u32::MAX;
         }
         self.evaluate_rules(cause, at);
-        Ok(id)
+        Ok(())
     }
 
     /// Deletes a rule, clearing its alert; whether it existed.
@@ -1518,6 +1532,17 @@ impl Relations {
     /// Every rule with its state, by id.
     pub fn rules(&self) -> impl Iterator<Item = &RuleState> {
         self.rules.values()
+    }
+
+    /// The id the next new rule gets.
+    pub fn next_rule_id(&self) -> u64 {
+        self.next_rule
+    }
+
+    /// Never hands out ids below `next` (recovery: ids of deleted rules
+    /// are not reused).
+    pub fn reserve_rule_ids(&mut self, next: u64) {
+        self.next_rule = self.next_rule.max(next);
     }
 
     /// One rule.

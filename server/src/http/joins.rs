@@ -429,7 +429,57 @@ fn rule_json(state: &RuleState) -> Value {
     })
 }
 
-fn parse_rule(body: &Value) -> Result<Rule, Problem> {
+/// A rule as `POST /joins/rules` takes it: what `rules.json` stores.
+fn rule_body(rule: &Rule) -> Value {
+    let target = match &rule.target {
+        RuleTarget::NearHazard { hazard, radius_km } => {
+            json!({"hazard": &**hazard, "radius_km": radius_km})
+        }
+        RuleTarget::InRegion { region } => json!({"region": region.to_string()}),
+    };
+    json!({
+        "target": target,
+        "type": rule.unit_type.map(UnitType::as_str),
+        "status": rule.status.map(UnitStatus::as_str),
+        "min_units": rule.min_units,
+    })
+}
+
+/// Every rule and the next id, for `rules.json`.
+fn rule_bodies(store: &beeld_layers::Store) -> (Vec<(u64, Value)>, u64) {
+    let relations = store.relations();
+    let rules = relations
+        .rules()
+        .map(|r| (r.id, rule_body(&r.rule)))
+        .collect();
+    (rules, relations.next_rule_id())
+}
+
+/// Writes every rule to `rules.json`; the caller holds the rules lock, so
+/// files are written in the order the changes were made.
+async fn save_rules(
+    state: &StateHandle,
+    (rules, next_id): (Vec<(u64, Value)>, u64),
+) -> Result<(), Problem> {
+    let dir = state.config().data_dir.clone();
+    let saved =
+        tokio::task::spawn_blocking(move || crate::persist::rules::save(&dir, &rules, next_id))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+    saved.map_err(|e| {
+        tracing::error!(error = %e, "could not store the coverage rules");
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not-durable",
+            "Rules could not be stored",
+            format!("the change was not made, because it could not be stored durably: {e}"),
+        )
+    })
+}
+
+/// Reads a stored or posted rule body.
+pub(crate) fn parse_rule(body: &Value) -> Result<Rule, Problem> {
     let target = body
         .get("target")
         .and_then(Value::as_object)
@@ -502,21 +552,29 @@ pub async fn create_rule(
         Problem::bad_request("malformed-json", format!("the body is not JSON: {e}"))
     })?;
     let rule = parse_rule(&body)?;
-    let mut store = state.write();
-    let id = store.add_rule(rule, now()).map_err(|e| {
-        Problem::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid-rule",
-            "Invalid rule",
-            e.to_string(),
-        )
-    })?;
-    let body = store
-        .relations()
-        .rule(id)
-        .map(rule_json)
-        .unwrap_or(Value::Null);
-    drop(store);
+    let _ordered = state.rules_lock().lock().await;
+    let (id, body, all) = {
+        let mut store = state.write();
+        let id = store.add_rule(rule, now()).map_err(|e| {
+            Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid-rule",
+                "Invalid rule",
+                e.to_string(),
+            )
+        })?;
+        let body = store
+            .relations()
+            .rule(id)
+            .map(rule_json)
+            .unwrap_or(Value::Null);
+        (id, body, rule_bodies(&store))
+    };
+    // Acknowledged only once durable; otherwise it never happened.
+    if let Err(problem) = save_rules(&state, all).await {
+        state.write().remove_rule(id, now());
+        return Err(problem);
+    }
     let mut response = (StatusCode::CREATED, Json(body)).into_response();
     if let Ok(location) = HeaderValue::from_str(&format!("/joins/rules/{id}")) {
         response.headers_mut().insert(header::LOCATION, location);
@@ -569,11 +627,24 @@ pub async fn delete_rule(
 ) -> Result<Response, Problem> {
     crate::auth::authorize_write(&state, &headers, Collection::Hazards)?;
     let n = rule_id(&id)?;
-    if state.write().remove_rule(n, now()) {
-        Ok(StatusCode::NO_CONTENT.into_response())
-    } else {
-        Err(unknown_rule(&id))
+    let _ordered = state.rules_lock().lock().await;
+    let (removed, all) = {
+        let mut store = state.write();
+        let removed = store.relations().rule(n).map(|r| r.rule.clone());
+        if removed.is_some() {
+            store.remove_rule(n, now());
+        }
+        (removed, rule_bodies(&store))
+    };
+    let Some(rule) = removed else {
+        return Err(unknown_rule(&id));
+    };
+    if let Err(problem) = save_rules(&state, all).await {
+        // Still stored, so still in force.
+        let _ = state.write().restore_rule(n, rule, now());
+        return Err(problem);
     }
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// `GET /joins/alerts`: the rules whose alert is raised.

@@ -10,6 +10,7 @@
 //! * [`recovery`]: snapshot + journal → [`Store`], torn-tail repair.
 //! * [`history`]: the picture at an instant, and the changes between two.
 //! * [`postgis`]: migrations, loading, and the write-behind copier.
+//! * [`rules`]: the coverage rules, one small file.
 //!
 //! The invariant that everything here serves: **an acknowledged write is
 //! durable**. Ingest acknowledges only after the journal says the record is
@@ -21,6 +22,7 @@ pub mod history;
 pub mod journal;
 pub mod postgis;
 pub mod recovery;
+pub mod rules;
 pub mod snapshot;
 
 use std::path::{Path, PathBuf};
