@@ -160,7 +160,13 @@ pub async fn run(
         }
     });
 
-    let expiry_task = tokio::spawn(expiry::run(state.clone(), stop_rx));
+    let expiry_task = tokio::spawn(expiry::run(state.clone(), stop_rx.clone()));
+    // Detached: it ends at `stop` like the expiry task.
+    tokio::spawn(feeds::watch(
+        state.clone(),
+        std::time::Duration::from_secs(60),
+        stop_rx,
+    ));
     let hub = state.hub().clone();
     let fanout = hub.start(state.clone())?;
 

@@ -290,7 +290,9 @@ pub(crate) async fn apply(
             journal.wait(ticket).await.map_err(not_durable)?;
             let ids: Vec<Arc<str>> = applied.changes.iter().map(|c| Arc::clone(&c.1)).collect();
             state.feeds().record_write(feed, ids.len(), received_at);
-            tracing::info!(
+            // Debug: per-feed totals go to the log once a minute
+            // (`feeds::watch`) and live on `/feeds`.
+            tracing::debug!(
                 n_changes = ids.len(),
                 seq = applied.seq.0,
                 "feed batch applied"
