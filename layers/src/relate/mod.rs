@@ -473,7 +473,14 @@ pub enum RuleError {
     /// `min_units` is zero: such a rule could never alert.
     #[error("min_units must be at least 1; a rule with 0 can never alert")]
     MinUnits,
+    /// Already [`MAX_RULES`] rules: every rule is evaluated on every
+    /// change it may concern, so their number is bounded.
+    #[error("there are already {MAX_RULES} rules; delete rules that are no longer needed")]
+    TooMany,
 }
+
+/// The most coverage rules registered at once.
+pub const MAX_RULES: usize = 1_000;
 
 /// A registered rule and its live state.
 #[derive(Debug, Clone)]
@@ -1487,6 +1494,9 @@ impl Relations {
         }
         if rule.min_units == 0 {
             return Err(RuleError::MinUnits);
+        }
+        if self.rules.len() >= MAX_RULES && !self.rules.contains_key(&id) {
+            return Err(RuleError::TooMany);
         }
         self.next_rule = self.next_rule.max(id + 1);
         let members = self.members_from_scratch(&rule);

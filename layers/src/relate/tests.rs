@@ -397,6 +397,30 @@ fn coverage_rules_raise_and_clear_alerts_as_units_move() {
         ),
         Err(RuleError::Radius(_))
     ));
+    // The number of rules is bounded; deleting one makes room again.
+    let region = |code: &str| Rule {
+        target: RuleTarget::InRegion {
+            region: crate::attrs::RegionCode::parse(code).expect("code"),
+        },
+        unit_type: None,
+        status: None,
+        min_units: 1,
+    };
+    while relations.rules().count() < MAX_RULES {
+        relations
+            .add_rule(region("VR03"), Seq(7), Timestamp(6))
+            .expect("room");
+    }
+    assert!(matches!(
+        relations.add_rule(region("VR03"), Seq(7), Timestamp(6)),
+        Err(RuleError::TooMany)
+    ));
+    assert!(relations.remove_rule(region_rule, Seq(8), Timestamp(7)));
+    assert!(
+        relations
+            .add_rule(region("VR03"), Seq(8), Timestamp(7))
+            .is_ok()
+    );
 }
 
 #[test]

@@ -555,13 +555,19 @@ pub async fn create_rule(
     let _ordered = state.rules_lock().lock().await;
     let (id, body, all) = {
         let mut store = state.write();
-        let id = store.add_rule(rule, now()).map_err(|e| {
-            Problem::new(
+        let id = store.add_rule(rule, now()).map_err(|e| match e {
+            beeld_layers::relate::RuleError::TooMany => Problem::new(
+                StatusCode::CONFLICT,
+                "too-many-rules",
+                "Too many rules",
+                e.to_string(),
+            ),
+            _ => Problem::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid-rule",
                 "Invalid rule",
                 e.to_string(),
-            )
+            ),
         })?;
         let body = store
             .relations()
