@@ -132,7 +132,7 @@ fn joins_paths(bearer: &Value) -> Value {
                     "target": {"type": "object", "description": "{\"hazard\": id, \"radius_km\": R} (units within R km of any point of the hazard) or {\"region\": \"VRnn\"} (units inside the region)"},
                     "type": {"type": "string"}, "status": {"type": "string"},
                     "min_units": {"type": "integer", "minimum": 1, "default": 1, "description": "Alert while fewer units than this are counted."}}}}}},
-                    "responses": {"201": {"description": "The rule with its state", "content": {"application/json": {}}}, "400": problem_response("Malformed rule"), "401": problem_response("Missing or unknown token"), "403": problem_response("Feed may not write hazards"), "422": problem_response("Invalid rule")}}
+                    "responses": {"201": {"description": "The rule with its state", "content": {"application/json": {}}}, "400": problem_response("Malformed rule"), "401": problem_response("Missing or unknown token"), "403": problem_response("Feed may not write hazards"), "409": problem_response("Already 1,000 rules"), "422": problem_response("Invalid rule"), "503": problem_response("The rule could not be stored durably; nothing changed")}}
             },
             "/joins/rules/{ruleId}": {
                 "get": {"summary": "One coverage rule", "operationId": "getRule", "parameters": [{"name": "ruleId", "in": "path", "required": true, "schema": {"type": "integer"}}], "responses": {"200": {"description": "Rule", "content": {"application/json": {}}}, "404": problem_response("Unknown rule")}},
