@@ -23,6 +23,23 @@ use crate::feature::{Feature, FeatureId};
 use crate::query::{Query, properties_match};
 use crate::store::Store;
 
+/// `(collection, id)` by reference, to look up `View::known` without
+/// cloning the id; hashes exactly like the owned key.
+struct KeyRef<'a>(Collection, &'a FeatureId);
+
+impl std::hash::Hash for KeyRef<'_> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+        self.1.hash(state);
+    }
+}
+
+impl hashbrown::Equivalent<(Collection, FeatureId)> for KeyRef<'_> {
+    fn equivalent(&self, key: &(Collection, FeatureId)) -> bool {
+        self.0 == key.0 && *self.1 == key.1
+    }
+}
+
 /// What a subscription looks at.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Viewport {
@@ -180,10 +197,16 @@ impl View {
         current: Option<&'f Feature>,
         gone: RemoveReason,
     ) -> Option<Item<'f>> {
-        let key = (collection, Arc::clone(id));
+        // Looked up by reference: on the fan-out path every client updates
+        // the same features, and cloning the shared id `Arc` per lookup made
+        // the threads contend on its refcount.
+        let key = KeyRef(collection, id);
         match current {
             Some(feature) if self.viewport.shows(collection, feature) => {
-                let previous = self.known.insert(key, feature.seq);
+                let previous = match self.known.get_mut(&key) {
+                    Some(seq) => Some(std::mem::replace(seq, feature.seq)),
+                    None => self.known.insert((collection, Arc::clone(id)), feature.seq),
+                };
                 (previous != Some(feature.seq)).then_some(Item::Upsert {
                     collection,
                     feature,
