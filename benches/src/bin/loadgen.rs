@@ -83,6 +83,18 @@ fn rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
 }
 
+/// The server's CPU time (user + system) in seconds, from `/proc/PID/stat`
+/// (fields 14 and 15, in clock ticks of 100 Hz on Linux).
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces; fields are counted after its ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
@@ -232,6 +244,7 @@ async fn main() {
     let mut interval = tokio::time::interval(Duration::from_millis(10));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let run_started = Instant::now();
+    let cpu_started = args.server_pid.and_then(cpu_seconds);
     let mut written = 0u64;
     let mut next_report = Duration::from_secs(1);
     let mut last_deliveries = 0;
@@ -269,6 +282,12 @@ async fn main() {
         }
     }
     let elapsed = run_started.elapsed().as_secs_f64();
+    let cpu_used = args
+        .server_pid
+        .and_then(cpu_seconds)
+        .zip(cpu_started)
+        .map(|(end, start)| end - start);
+    let deliveries_in_run = totals.deliveries.load(Ordering::Relaxed);
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::Relaxed);
     let deliveries = totals.deliveries.load(Ordering::Relaxed);
@@ -307,6 +326,13 @@ async fn main() {
     );
     if let Some(pid) = args.server_pid {
         println!("server RSS: {} KiB", rss_kib(pid).unwrap_or(0));
+    }
+    if let Some(cpu) = cpu_used {
+        println!(
+            "server CPU: {:.2} cores, {:.2} µs per delivery",
+            cpu / elapsed,
+            cpu * 1e6 / deliveries_in_run.max(1) as f64
+        );
     }
     for task in tasks {
         task.abort();
