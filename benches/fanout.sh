@@ -17,13 +17,15 @@ port=18190
 
 run() {
   local label=$1 server_flags=$2 load_flags=$3
-  "$bin/beeld" serve --listen 127.0.0.1:$port --data-dir "$(mktemp -d)" \
+  local data; data=$(mktemp -d)
+  "$bin/beeld" serve --listen 127.0.0.1:$port --data-dir "$data" \
     --feed-token "bench=$token" $server_flags >/tmp/beeld-fanout-server.log 2>&1 &
   local pid=$!
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
   echo "== $label  (server: ${server_flags:-defaults}; load: $load_flags)"
   "$bin/loadgen" --target "http://127.0.0.1:$port" --token "$token" --server-pid "$pid" $load_flags 2>/dev/null
   kill "$pid"; wait "$pid" 2>/dev/null || true
+  rm -rf "$data"
   echo
 }
 

@@ -62,7 +62,7 @@ export BEELD_TEST_DATABASE_URL="${BEELD_TEST_DATABASE_URL:-postgres://beeld_test
 # double the size of target/; CI machines have had little disk to spare.
 if [ -n "${CI:-}" ]; then export CARGO_INCREMENTAL=0; fi
 step "disk"
-df -h . "${CARGO_TARGET_DIR:-.}" 2>/dev/null | sort -u || true
+df -h . || true
 
 step "format"
 cargo fmt --all -- --check

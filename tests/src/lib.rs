@@ -29,10 +29,15 @@ pub fn shared_data() -> PathBuf {
     )
 }
 
-/// A unique scratch directory under the system temp dir.
+/// A unique scratch directory under the system temp dir. The first call in
+/// a test process removes the scratch directories of test processes that
+/// have ended: each run of the suite leaves ~100 MB of data directories
+/// behind otherwise, and CI machines have run out of disk.
 pub fn scratch_dir(label: &str) -> PathBuf {
     use std::sync::atomic::{AtomicUsize, Ordering};
     static N: AtomicUsize = AtomicUsize::new(0);
+    static SWEEP: std::sync::Once = std::sync::Once::new();
+    SWEEP.call_once(sweep_scratch_dirs);
     let dir = std::env::temp_dir().join(format!(
         "beeld-test-{label}-{}-{}",
         std::process::id(),
@@ -41,6 +46,31 @@ pub fn scratch_dir(label: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("scratch dir");
     dir
+}
+
+/// Removes `beeld-test-{label}-{pid}-{n}` directories whose process is gone.
+fn sweep_scratch_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if !name.starts_with("beeld-test-") {
+            continue;
+        }
+        // The pid is the second field from the end.
+        let mut fields = name.rsplit('-');
+        let (Some(_n), Some(pid)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        let alive = pid.parse::<u32>().is_ok_and(|pid| {
+            pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists()
+        });
+        if !alive {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// The default test configuration: real boundaries, two feeds.
