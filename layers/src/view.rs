@@ -404,7 +404,9 @@ mod tests {
         Hazard(u8, f64, f64, f64),
         Delete(u8),
         Expire(i64),
-        Tick,
+        /// The hub routes a tick; with `true` the session then takes every
+        /// queued tick at once (merged, as `hub::Tick::absorb_queued` does).
+        Tick(bool),
         Move(f64, f64, f64, bool),
         Fork,
     }
@@ -416,7 +418,7 @@ mod tests {
             2 => (0u8..6, 4.9f64..5.3, 50.9f64..51.3, 0.0f64..0.15).prop_map(|(i, x, y, s)| Step::Hazard(i, x, y, s)),
             2 => (0u8..30).prop_map(Step::Delete),
             1 => (0i64..100).prop_map(Step::Expire),
-            4 => Just(Step::Tick),
+            4 => any::<bool>().prop_map(Step::Tick),
             2 => (4.9f64..5.3, 50.9f64..51.3, 0.01f64..0.3, any::<bool>()).prop_map(|(x, y, s, f)| Step::Move(x, y, s, f)),
             1 => Just(Step::Fork),
         ]
@@ -467,6 +469,9 @@ mod tests {
             let mut view = View::new(viewport(5.0, 51.0, 0.15, false));
             let mut client: Client = view.snapshot(&store).into_iter().map(|(c, f)| ((c, f.id.to_string()), f.seq)).collect();
             let mut routed_up_to = store.seq();
+            // Ticks routed but not yet taken by the session.
+            type Routed = Vec<((Collection, FeatureId), (Seq, Option<Feature>, RemoveReason))>;
+            let mut queued: Vec<Routed> = Vec::new();
             // A client that went away with its state and seq, to resume later.
             let mut forked: Option<(Client, Viewport, Seq)> = None;
             for step in steps {
@@ -479,9 +484,10 @@ mod tests {
                         store.expire(Timestamp(now));
                         None
                     }
-                    Step::Tick => {
-                        // Route every change since the last tick that may concern the viewport,
-                        // coalesced per feature, with the feature's state at the tick.
+                    Step::Tick(deliver) => {
+                        // The hub routes every change since its last tick that may concern
+                        // the viewport, coalesced per feature, with the feature's state at
+                        // the tick, and queues it for the session.
                         let tick_seq = store.seq();
                         let mut latest: BTreeMap<(Collection, FeatureId), RemoveReason> = BTreeMap::new();
                         for record in store.log().since(routed_up_to).expect("log holds everything") {
@@ -490,14 +496,35 @@ mod tests {
                             }
                         }
                         routed_up_to = tick_seq;
-                        if view.begin_tick(tick_seq) {
-                            let items: Vec<Item<'_>> = latest
-                                .iter()
-                                .filter_map(|((c, id), gone)| view.update(*c, id, store.get(*c, id), *gone))
-                                .collect();
-                            apply(&mut client, &items);
+                        queued.push(
+                            latest
+                                .into_iter()
+                                .map(|((c, id), gone)| {
+                                    let state = store.get(c, &id).cloned();
+                                    ((c, id), (tick_seq, state, gone))
+                                })
+                                .collect::<Vec<_>>(),
+                        );
+                        if deliver {
+                            // The session takes every queued tick as one: each feature
+                            // once, its latest delivery; items from ticks the view has
+                            // already passed (a viewport move read the store after
+                            // they were routed) are skipped.
+                            let mut merged: BTreeMap<(Collection, FeatureId), (Seq, Option<Feature>, RemoveReason)> = BTreeMap::new();
+                            for tick in queued.drain(..) {
+                                merged.extend(tick);
+                            }
+                            let from = view.seq();
+                            if view.begin_tick(tick_seq) {
+                                let items: Vec<Item<'_>> = merged
+                                    .iter()
+                                    .filter(|(_, (routed_at, _, _))| *routed_at > from)
+                                    .filter_map(|((c, id), (_, state, gone))| view.update(*c, id, state.as_ref(), *gone))
+                                    .collect();
+                                apply(&mut client, &items);
+                            }
+                            prop_assert_eq!(&client, &fresh(&store, view.viewport()));
                         }
-                        prop_assert_eq!(&client, &fresh(&store, view.viewport()));
                         None
                     }
                     Step::Move(x, y, s, f) => {

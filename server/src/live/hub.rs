@@ -98,6 +98,10 @@ pub struct Delivery {
     pub collection: Collection,
     /// The id.
     pub id: FeatureId,
+    /// The seq of the tick that routed it. After ticks are merged, a view
+    /// that a viewport move has already brought past this seq must skip
+    /// the delivery: its state is older than what the move read.
+    pub tick_seq: Seq,
     /// Its state at the tick's seq; `None` when gone.
     pub feature: Option<Arc<Feature>>,
     /// The version the hub routed before this one: what every client that
@@ -225,6 +229,9 @@ impl Tick {
     /// after): a feature the client may hold that changed later is in a
     /// later tick, so an earlier delivery that is not superseded is still
     /// the feature's state at the later seq as far as this client can see.
+    /// A view that moved meanwhile has read the store past some of these
+    /// ticks; it skips their deliveries (`Delivery::tick_seq`). The model of
+    /// this is `layers::view`'s property test.
     pub fn absorb_queued(&mut self, queue: &mut mpsc::Receiver<Tick>) -> usize {
         let mut later = Vec::new();
         while let Ok(tick) = queue.try_recv() {
@@ -579,6 +586,7 @@ impl Hub {
                         Delivery {
                             collection,
                             id,
+                            tick_seq: seq,
                             feature,
                             previous: None,
                             gone,
@@ -748,6 +756,7 @@ mod tests {
         Delivery {
             collection: Collection::Units,
             id: "u1".into(),
+            tick_seq: feature.seq,
             feature: Some(Arc::new(feature)),
             previous: Some(Arc::new(previous)),
             gone: RemoveReason::Deleted,

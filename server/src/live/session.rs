@@ -484,6 +484,11 @@ impl Session {
             }
             let mut writer = DiffWriter::default();
             for delivery in deliveries {
+                if delivery.tick_seq <= from {
+                    // Merged from a tick the view had passed (it moved and
+                    // read the store after that tick was routed).
+                    continue;
+                }
                 let item = sub.view.update(
                     delivery.collection,
                     &delivery.id,
