@@ -114,6 +114,13 @@ impl TestServer {
         TestServer::start_with(|_| {}).await
     }
 
+    /// Starts on `data_dir` (a restart of an earlier server when it already
+    /// holds state), and waits until it is loaded.
+    pub async fn start_in(data_dir: &Path) -> TestServer {
+        let dir = data_dir.to_path_buf();
+        TestServer::start_with(move |c| c.data_dir = dir).await
+    }
+
     /// Starts with [`test_config`] changed by `adjust`, and waits until
     /// `/healthz` says the store is loaded.
     pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> TestServer {

@@ -34,6 +34,18 @@ async fn send_json(
     server.send(method, path, token, body.to_string()).await
 }
 
+/// `POST /joins/rules` with the VR24 feed's token.
+async fn post_rule(server: &TestServer, rule: &Value) -> (u16, String, Value) {
+    send_json(
+        server,
+        reqwest::Method::POST,
+        "/joins/rules",
+        TOKEN_VR24,
+        rule,
+    )
+    .await
+}
+
 #[tokio::test]
 async fn units_in_a_hazard_follow_moves_with_enter_and_exit_events() {
     let server = TestServer::start().await;
@@ -359,14 +371,7 @@ async fn coverage_rules_raise_and_clear_alerts_through_the_api() {
         .post("hazards", TOKEN_VR24, &hazard("plume", x, y, 0.01))
         .await;
     let rule = json!({"target": {"hazard": "plume", "radius_km": 10}, "type": "fire_engine", "status": "available", "min_units": 1});
-    let (status, _, created) = send_json(
-        &server,
-        reqwest::Method::POST,
-        "/joins/rules",
-        TOKEN_VR24,
-        &rule,
-    )
-    .await;
+    let (status, _, created) = post_rule(&server, &rule).await;
     assert_eq!(status, 201);
     let id = created["id"].as_u64().unwrap();
     assert_eq!(created["alert"], true);
@@ -392,11 +397,8 @@ async fn coverage_rules_raise_and_clear_alerts_through_the_api() {
         .collect();
     assert_eq!(kinds, ["alert_raised", "alert_cleared"]);
     // "No ambulance in Fryslân (VR02)": raised at once.
-    let (status, _, region_rule) = send_json(
+    let (status, _, region_rule) = post_rule(
         &server,
-        reqwest::Method::POST,
-        "/joins/rules",
-        TOKEN_VR24,
         &json!({"target": {"region": "VR02"}, "type": "ambulance"}),
     )
     .await;
@@ -414,23 +416,13 @@ async fn coverage_rules_raise_and_clear_alerts_through_the_api() {
     )
     .await;
     assert_eq!(status, 403);
-    let (status, _, _) = send_json(
+    let (status, _, _) = post_rule(
         &server,
-        reqwest::Method::POST,
-        "/joins/rules",
-        TOKEN_VR24,
         &json!({"target": {"hazard": "plume", "radius_km": -3}}),
     )
     .await;
     assert_eq!(status, 422);
-    let (status, _, _) = send_json(
-        &server,
-        reqwest::Method::POST,
-        "/joins/rules",
-        TOKEN_VR24,
-        &json!({"target": {}}),
-    )
-    .await;
+    let (status, _, _) = post_rule(&server, &json!({"target": {}})).await;
     assert_eq!(status, 400);
     let (status, _, _) = server
         .send(
@@ -556,8 +548,7 @@ fn the_locator_matches_brute_force_on_real_cbs_boundaries_including_invalid_ones
 #[tokio::test]
 async fn a_restart_raises_no_events_for_memberships_that_already_existed() {
     let data_dir = beeld_tests::scratch_dir("joins-restart");
-    let dir = data_dir.clone();
-    let server = TestServer::start_with(move |c| c.data_dir = dir).await;
+    let server = TestServer::start_in(&data_dir).await;
     let (x, y) = VALKENBURG;
     server
         .post(
@@ -575,8 +566,7 @@ async fn a_restart_raises_no_events_for_memberships_that_already_existed() {
     let old_last = before["last"].as_u64().unwrap();
     server.stop().await.unwrap();
 
-    let dir = data_dir.clone();
-    let server = TestServer::start_with(move |c| c.data_dir = dir).await;
+    let server = TestServer::start_in(&data_dir).await;
     // The membership is back, without a second `enter`.
     let (_, body) = server.get_json("/joins/hazards/h1/units").await;
     assert_eq!(ids(&body["units"]), ["u1"]);
@@ -606,8 +596,7 @@ async fn a_restart_raises_no_events_for_memberships_that_already_existed() {
 #[tokio::test]
 async fn coverage_rules_survive_a_restart_with_their_ids() {
     let data_dir = beeld_tests::scratch_dir("rules-restart");
-    let dir = data_dir.clone();
-    let server = TestServer::start_with(move |c| c.data_dir = dir).await;
+    let server = TestServer::start_in(&data_dir).await;
     let (x, y) = VALKENBURG;
     server
         .post("hazards", TOKEN_VR24, &hazard("plume", x, y, 0.01))
@@ -618,14 +607,7 @@ async fn coverage_rules_survive_a_restart_with_their_ids() {
         json!({"target": {"region": "VR02"}, "type": "ambulance"}),
         json!({"target": {"region": "VR24"}}),
     ] {
-        let (status, _, created) = send_json(
-            &server,
-            reqwest::Method::POST,
-            "/joins/rules",
-            TOKEN_VR24,
-            &rule,
-        )
-        .await;
+        let (status, _, created) = post_rule(&server, &rule).await;
         assert_eq!(status, 201, "{created}");
         ids.push(created["id"].as_u64().unwrap());
     }
@@ -641,8 +623,7 @@ async fn coverage_rules_survive_a_restart_with_their_ids() {
     let (_, before) = server.get_json("/joins/rules").await;
     server.stop().await.unwrap();
 
-    let dir = data_dir.clone();
-    let server = TestServer::start_with(move |c| c.data_dir = dir).await;
+    let server = TestServer::start_in(&data_dir).await;
     let (_, after) = server.get_json("/joins/rules").await;
     let strip = |rules: &Value| -> Vec<Value> {
         rules["rules"]
@@ -659,14 +640,7 @@ async fn coverage_rules_survive_a_restart_with_their_ids() {
     assert_eq!(strip(&after), strip(&before), "same rules, ids and alerts");
     assert_eq!(after["rules"].as_array().unwrap().len(), 2);
     // A new rule is numbered after the restored ones, never reusing an id.
-    let (_, _, created) = send_json(
-        &server,
-        reqwest::Method::POST,
-        "/joins/rules",
-        TOKEN_VR24,
-        &json!({"target": {"region": "VR23"}}),
-    )
-    .await;
+    let (_, _, created) = post_rule(&server, &json!({"target": {"region": "VR23"}})).await;
     assert!(created["id"].as_u64().unwrap() > ids[2], "{created}");
     server.stop().await.unwrap();
 

@@ -1017,8 +1017,7 @@ async fn h3_aggregates_stream_with_the_viewport() {
 async fn a_since_from_another_history_gets_a_resync_not_a_wrong_diff() {
     // Server A: the client holds a picture at seq `since` of epoch `a`.
     let dir_a = beeld_tests::scratch_dir("epoch-a");
-    let dir = dir_a.clone();
-    let server = TestServer::start_with(move |c| c.data_dir = dir).await;
+    let server = TestServer::start_in(&dir_a).await;
     server
         .post("units", TOKEN_VR24, &unit("a1", 5.7, 50.85, "available"))
         .await;
@@ -1032,8 +1031,7 @@ async fn a_since_from_another_history_gets_a_resync_not_a_wrong_diff() {
     server.stop().await.unwrap();
 
     // The same data directory after a restart keeps its epoch: resumable.
-    let dir = dir_a.clone();
-    let server = TestServer::start_with(move |c| c.data_dir = dir).await;
+    let server = TestServer::start_in(&dir_a).await;
     let mut client = WsClient::connect(&server).await;
     client.send(json!({"type": "subscribe", "id": "s1", "collections": ["units"], "bbox": LIMBURG, "since": since, "epoch": epoch_a})).await;
     let resumed = client.next_frame(Duration::from_secs(5)).await.unwrap();

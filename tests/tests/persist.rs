@@ -297,8 +297,7 @@ async fn write_units(server: &TestServer, ids: &[&str]) {
 #[tokio::test]
 async fn a_torn_journal_tail_is_truncated_and_the_rest_recovered() {
     let data_dir = scratch_dir("torn");
-    let dir = data_dir.clone();
-    let server = TestServer::start_with(move |c| c.data_dir = dir).await;
+    let server = TestServer::start_in(&data_dir).await;
     write_units(&server, &["a", "b", "c"]).await;
     server.stop().await.unwrap();
 
@@ -310,8 +309,7 @@ async fn a_torn_journal_tail_is_truncated_and_the_rest_recovered() {
     bytes.extend_from_slice(&[0xAB; 40]);
     std::fs::write(&segment, &bytes).unwrap();
 
-    let dir = data_dir.clone();
-    let server = TestServer::start_with(move |c| c.data_dir = dir).await;
+    let server = TestServer::start_in(&data_dir).await;
     for id in ["a", "b", "c"] {
         let (status, _) = server
             .get_json(&format!("/collections/units/items/{id}"))
@@ -322,8 +320,7 @@ async fn a_torn_journal_tail_is_truncated_and_the_rest_recovered() {
     server.stop().await.unwrap();
     let len = std::fs::metadata(&segment).unwrap().len();
     assert!(len > good_len, "new writes follow the good part");
-    let dir = data_dir.clone();
-    let server = TestServer::start_with(move |c| c.data_dir = dir).await;
+    let server = TestServer::start_in(&data_dir).await;
     let (status, _) = server.get_json("/collections/units/items/d").await;
     assert_eq!(status, 200);
     server.stop().await.unwrap();
@@ -332,8 +329,7 @@ async fn a_torn_journal_tail_is_truncated_and_the_rest_recovered() {
 #[tokio::test]
 async fn corruption_in_the_middle_of_the_journal_refuses_to_start_naming_file_and_offset() {
     let data_dir = scratch_dir("corrupt");
-    let dir = data_dir.clone();
-    let server = TestServer::start_with(move |c| c.data_dir = dir).await;
+    let server = TestServer::start_in(&data_dir).await;
     write_units(&server, &["a", "b", "c"]).await;
     server.stop().await.unwrap();
 
@@ -356,8 +352,7 @@ async fn corruption_in_the_middle_of_the_journal_refuses_to_start_naming_file_an
 #[tokio::test]
 async fn history_shows_the_picture_as_it_was() {
     let data_dir = scratch_dir("history");
-    let dir = data_dir.clone();
-    let server = TestServer::start_with(move |c| c.data_dir = dir).await;
+    let server = TestServer::start_in(&data_dir).await;
     write_units(&server, &["early"]).await;
     tokio::time::sleep(Duration::from_millis(30)).await;
     let between = beeld_server::state::now();
@@ -786,8 +781,7 @@ async fn closed_segments_are_compacted_into_snapshots_and_old_history_is_dropped
     server.stop().await.unwrap();
     assert_eq!(snapshots(&data_dir).len(), 1, "older snapshots are dropped");
 
-    let dir = data_dir.clone();
-    let server = TestServer::start_with(move |c| c.data_dir = dir).await;
+    let server = TestServer::start_in(&data_dir).await;
     let (_, health) = server.get_json("/healthz").await;
     assert_eq!(health["features"]["units"], 300, "{health}");
     server.stop().await.unwrap();
@@ -798,8 +792,7 @@ async fn the_history_api_lists_changes_between_two_instants_in_seq_order() {
     use beeld_server::persist::codec::Change;
     use beeld_server::persist::{Layout, history};
     let data_dir = scratch_dir("changes");
-    let dir = data_dir.clone();
-    let server = TestServer::start_with(move |c| c.data_dir = dir).await;
+    let server = TestServer::start_in(&data_dir).await;
     write_units(&server, &["before"]).await;
     tokio::time::sleep(Duration::from_millis(20)).await;
     let from = beeld_server::state::now();

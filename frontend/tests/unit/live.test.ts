@@ -99,6 +99,15 @@ describe('LiveClient', () => {
     env.socket.open();
   });
 
+  /** Heard for 5 s, then the link drops and comes back a second later. */
+  const reconnectAfterSilence = async () => {
+    env.advance(5000);
+    env.socket.drop();
+    env.advance(1000);
+    env.socket.open();
+    await new Promise((r) => setTimeout(r, 0)); // the uptime check is async
+  };
+
   const goLive = (seq = 10) => {
     env.socket.receive({ type: 'snapshot', sub: 'map', seq, collections: { units: [unit('a', seq)] } });
   };
@@ -236,11 +245,7 @@ describe('LiveClient', () => {
   it('does not resume across a server restart (seq starts over)', async () => {
     env.uptimeS = async () => 1; // the server has been up for 1 s
     goLive(10);
-    env.advance(5000);
-    env.socket.drop();
-    env.advance(1000);
-    env.socket.open();
-    await new Promise((r) => setTimeout(r, 0));
+    await reconnectAfterSilence();
     const sub = env.socket.last('subscribe')!;
     expect(sub.since).toBeUndefined();
     expect(client.stats.restarts).toBe(1);
@@ -249,11 +254,7 @@ describe('LiveClient', () => {
   it('resumes when the server has been up all along', async () => {
     env.uptimeS = async () => 3600;
     goLive(10);
-    env.advance(5000);
-    env.socket.drop();
-    env.advance(1000);
-    env.socket.open();
-    await new Promise((r) => setTimeout(r, 0));
+    await reconnectAfterSilence();
     expect(env.socket.last('subscribe')!.since).toBe(10);
   });
 
@@ -267,11 +268,7 @@ describe('LiveClient', () => {
       type: 'snapshot', sub: 'map', epoch: '3f9a0c27d15e88b4', seq: 10,
       collections: { units: [unit('a', 10)] },
     });
-    env.advance(5000);
-    env.socket.drop();
-    env.advance(1000);
-    env.socket.open();
-    await new Promise((r) => setTimeout(r, 0));
+    await reconnectAfterSilence();
     const sub = env.socket.last('subscribe')!;
     expect(sub.since).toBe(10);
     expect(sub.epoch).toBe('3f9a0c27d15e88b4');
