@@ -34,6 +34,19 @@ async fn send_json(
     server.send(method, path, token, body.to_string()).await
 }
 
+/// Hazard `h1`: a 0.02° square around Valkenburg.
+async fn post_hazard_h1(server: &TestServer) {
+    let (x, y) = VALKENBURG;
+    let (status, _, body) = server
+        .post(
+            "hazards",
+            TOKEN_VR24,
+            &hazard("h1", x - 0.01, y - 0.01, 0.02),
+        )
+        .await;
+    assert!(status == 200 || status == 201, "{body}");
+}
+
 /// `POST /joins/rules` with the VR24 feed's token.
 async fn post_rule(server: &TestServer, rule: &Value) -> (u16, String, Value) {
     send_json(
@@ -231,13 +244,7 @@ async fn a_region_summary_counts_by_type_and_status_and_lists_hazards() {
             ]),
         )
         .await;
-    server
-        .post(
-            "hazards",
-            TOKEN_VR24,
-            &hazard("h1", x - 0.01, y - 0.01, 0.02),
-        )
-        .await;
+    post_hazard_h1(&server).await;
     let (status, body) = server.get_json("/joins/regions/VR24").await;
     assert_eq!(status, 200);
     assert_eq!(body["units"], 3);
@@ -550,13 +557,7 @@ async fn a_restart_raises_no_events_for_memberships_that_already_existed() {
     let data_dir = beeld_tests::scratch_dir("joins-restart");
     let server = TestServer::start_in(&data_dir).await;
     let (x, y) = VALKENBURG;
-    server
-        .post(
-            "hazards",
-            TOKEN_VR24,
-            &hazard("h1", x - 0.01, y - 0.01, 0.02),
-        )
-        .await;
+    post_hazard_h1(&server).await;
     server
         .post("units", TOKEN_VR24, &unit("u1", x, y, "available"))
         .await;
