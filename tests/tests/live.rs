@@ -1057,6 +1057,7 @@ async fn a_since_from_another_history_gets_a_resync_not_a_wrong_diff() {
     assert_eq!(answer["type"], "snapshot", "{answer} (health {health})");
     assert_eq!(answer["resync"], true);
     assert_ne!(answer["epoch"], epoch_a.as_str());
+    assert_eq!(answer["epoch"], health["epoch"], "/healthz names it too");
     assert_eq!(answer["collections"]["units"].as_array().unwrap().len(), 40);
     // Heartbeats name the epoch too, so an idle client can notice.
     let heartbeat = client.next_of("heartbeat").await;

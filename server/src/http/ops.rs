@@ -44,6 +44,8 @@ pub async fn healthz(State(state): State<StateHandle>) -> Response {
         "loaded": status == LoadStatus::Ready,
         "error": error,
         "seq": seq,
+        "epoch": state.epoch(),
+        "run": state.run(),
         "features": counts,
         "uptime_s": state.uptime_s(),
         "durable_seq": state.journal().map(|j| j.durable().seq.0),
