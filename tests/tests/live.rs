@@ -594,6 +594,27 @@ async fn server_sent_events_stream_snapshot_diffs_and_resume() {
         .await
         .unwrap();
     assert_eq!(bad.status(), 400);
+    // Relation events over SSE: a resume from another run is a resync.
+    let mut response = server
+        .http
+        .get(server.url("/events?collections=units&bbox=5.6,50.7,6.2,51.0&events=true&events_since=3&events_run=0123456789abcdef"))
+        .send()
+        .await
+        .unwrap();
+    let mut text = String::new();
+    while !text.contains("event: events") || !text.ends_with("\n\n") {
+        text.push_str(&String::from_utf8_lossy(
+            &response.chunk().await.unwrap().unwrap(),
+        ));
+    }
+    let events = text
+        .split("event: events")
+        .nth(1)
+        .and_then(|rest| rest.lines().find_map(|l| l.strip_prefix("data: ")))
+        .unwrap();
+    let events: Value = serde_json::from_str(events).unwrap();
+    assert_eq!(events["resync"], true, "{events}");
+    assert_ne!(events["run"], "0123456789abcdef");
     server.stop().await.unwrap();
 }
 

@@ -31,7 +31,7 @@ fn event(message: Outgoing) -> Event {
     event
 }
 
-/// `GET /events?collections=units,hazards&bbox=…[&precision=6][&deltas=true][&since=N][&epoch=E][&property=value…]`
+/// `GET /events?collections=units,hazards&bbox=…[&precision=6][&deltas=true][&since=N][&epoch=E][&events=true][&events_since=N&events_run=R][&property=value…]`
 pub async fn events(
     State(state): State<StateHandle>,
     headers: HeaderMap,
@@ -45,6 +45,8 @@ pub async fn events(
     let mut aggregates = None;
     let mut since = None;
     let mut epoch = None;
+    let mut events_since = None;
+    let mut events_run = None;
     let mut filters = Vec::new();
     for (key, value) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
         match key.as_ref() {
@@ -81,6 +83,14 @@ pub async fn events(
                 )
             }
             "epoch" => epoch = Some(value.into_owned()),
+            "events_since" => {
+                events_since = Some(
+                    value
+                        .parse::<u64>()
+                        .map_err(|_| bad("events_since must be an event number"))?,
+                )
+            }
+            "events_run" => events_run = Some(value.into_owned()),
             "access_token" => {}
             name if !name.is_empty()
                 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') =>
@@ -111,8 +121,8 @@ pub async fn events(
         precision,
         deltas,
         events,
-        events_since: None,
-        events_run: None,
+        events_since,
+        events_run,
         aggregates,
     };
     let first = session.subscribe("events".to_owned(), &collections, bbox, filters, options);
