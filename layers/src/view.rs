@@ -23,20 +23,32 @@ use crate::feature::{Feature, FeatureId};
 use crate::query::{Query, properties_match};
 use crate::store::Store;
 
-/// `(collection, id)` by reference, to look up `View::known` without
-/// cloning the id; hashes exactly like the owned key.
-struct KeyRef<'a>(Collection, &'a FeatureId);
+/// The version of every feature a client holds, one table per collection:
+/// entries of 24 bytes instead of 32 with the collection in the key, which
+/// matters with 1,000 clients holding thousands of features each (the CPU
+/// per delivery measured the same). foldhash rather than SipHash: these
+/// tables are touched once per delivery per client on the fan-out path.
+#[derive(Debug, Clone, Default)]
+struct Known([hashbrown::HashMap<FeatureId, Seq>; Collection::ALL.len()]);
 
-impl std::hash::Hash for KeyRef<'_> {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.0.hash(state);
-        self.1.hash(state);
+impl Known {
+    fn len(&self) -> usize {
+        self.0.iter().map(hashbrown::HashMap::len).sum()
     }
-}
 
-impl hashbrown::Equivalent<(Collection, FeatureId)> for KeyRef<'_> {
-    fn equivalent(&self, key: &(Collection, FeatureId)) -> bool {
-        self.0 == key.0 && *self.1 == key.1
+    fn clear(&mut self) {
+        self.0.iter_mut().for_each(hashbrown::HashMap::clear);
+    }
+
+    fn table(&mut self, collection: Collection) -> &mut hashbrown::HashMap<FeatureId, Seq> {
+        &mut self.0[collection.index()]
+    }
+
+    fn keys(&self) -> Vec<(Collection, FeatureId)> {
+        Collection::ALL
+            .iter()
+            .flat_map(|c| self.0[c.index()].keys().map(|id| (*c, Arc::clone(id))))
+            .collect()
     }
 }
 
@@ -127,9 +139,8 @@ pub enum Item<'f> {
 #[derive(Debug, Clone)]
 pub struct View {
     viewport: Viewport,
-    /// The version of every feature the client holds. foldhash rather than
-    /// SipHash: this map is touched once per delivery on the fan-out path.
-    known: hashbrown::HashMap<(Collection, FeatureId), Seq>,
+    /// The version of every feature the client holds.
+    known: Known,
     /// The store seq the client's state is consistent with.
     seq: Seq,
 }
@@ -139,7 +150,7 @@ impl View {
     pub fn new(viewport: Viewport) -> View {
         View {
             viewport,
-            known: hashbrown::HashMap::new(),
+            known: Known::default(),
             seq: Seq(0),
         }
     }
@@ -161,7 +172,7 @@ impl View {
 
     /// Whether the client holds nothing.
     pub fn is_empty(&self) -> bool {
-        self.known.is_empty()
+        self.known.len() == 0
     }
 
     /// Every feature the viewport shows now, in collection then id order;
@@ -171,7 +182,8 @@ impl View {
         let shown = shown(store, &self.viewport);
         for (collection, feature) in &shown {
             self.known
-                .insert((*collection, Arc::clone(&feature.id)), feature.seq);
+                .table(*collection)
+                .insert(Arc::clone(&feature.id), feature.seq);
         }
         self.seq = store.seq();
         shown
@@ -200,12 +212,12 @@ impl View {
         // Looked up by reference: on the fan-out path every client updates
         // the same features, and cloning the shared id `Arc` per lookup made
         // the threads contend on its refcount.
-        let key = KeyRef(collection, id);
+        let known = self.known.table(collection);
         match current {
             Some(feature) if self.viewport.shows(collection, feature) => {
-                let previous = match self.known.get_mut(&key) {
+                let previous = match known.get_mut(id) {
                     Some(seq) => Some(std::mem::replace(seq, feature.seq)),
-                    None => self.known.insert((collection, Arc::clone(id)), feature.seq),
+                    None => known.insert(Arc::clone(id), feature.seq),
                 };
                 (previous != Some(feature.seq)).then_some(Item::Upsert {
                     collection,
@@ -214,7 +226,7 @@ impl View {
                 })
             }
             _ => {
-                self.known.remove(&key)?;
+                known.remove(id)?;
                 let reason = match current {
                     None => gone,
                     Some(f) if !f.shape.intersects_rect(&self.viewport.bbox) => {
@@ -244,7 +256,7 @@ impl View {
     pub fn move_to<'s>(&mut self, store: &'s Store, viewport: Viewport) -> Vec<Item<'s>> {
         self.viewport = viewport;
         let mut items = Vec::new();
-        let held: Vec<(Collection, FeatureId)> = self.known.keys().cloned().collect();
+        let held = self.known.keys();
         for (collection, id) in held {
             let current = store.get(collection, &id);
             if let Some(item) = self.update(collection, &id, current, RemoveReason::Deleted) {
@@ -254,7 +266,7 @@ impl View {
         // Held features were brought up to date above; add what enters.
         for (collection, feature) in shown(store, &self.viewport) {
             if let hashbrown::hash_map::Entry::Vacant(entry) =
-                self.known.entry((collection, Arc::clone(&feature.id)))
+                self.known.table(collection).entry(Arc::clone(&feature.id))
             {
                 entry.insert(feature.seq);
                 items.push(Item::Upsert {
