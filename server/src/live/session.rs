@@ -280,11 +280,7 @@ impl Session {
         };
         // Event numbers start over with every run of the server.
         let other_run = events_run.as_deref().is_some_and(|r| r != self.state.run());
-        let events_since = if foreign || other_run {
-            events_since.map(|_| u64::MAX)
-        } else {
-            events_since
-        };
+        let events_elsewhere = foreign || other_run;
         if aggregates.is_some_and(|r| !beeld_layers::relate::H3_RESOLUTIONS.contains(&r)) {
             return vec![protocol::error(
                 "bad_subscription",
@@ -353,8 +349,15 @@ impl Session {
             aggregates: aggregates.map(|r| (r, HashMap::new())),
         };
         let store = self.state.read();
-        let events_message =
-            events.then(|| missed_events(&store, &mut sub, (&id, self.state.run()), events_since));
+        let events_message = events.then(|| {
+            missed_events(
+                &store,
+                &mut sub,
+                (&id, self.state.run()),
+                events_since,
+                events_elsewhere,
+            )
+        });
         let aggregates_message = aggregate_changes(&store, &mut sub, &id, true);
         let resumed =
             since.and_then(|s| sub.view.resume(&store, Seq(s)).map(|items| (s, own(items))));
@@ -655,13 +658,15 @@ pub struct Options {
 
 /// The first `events` message of a subscription: what it missed since
 /// `events_since` (only events touching its viewport, and every alert), or a
-/// resync marker when the log no longer reaches back; without `events_since`
-/// an empty message that says where the stream starts.
+/// resync marker when the log no longer reaches back or the number is from
+/// `elsewhere` (another run or epoch); without `events_since` an empty
+/// message that says where the stream starts.
 fn missed_events(
     store: &beeld_layers::Store,
     sub: &mut Subscription,
     (name, run): (&str, &str),
     events_since: Option<u64>,
+    elsewhere: bool,
 ) -> Outgoing {
     use beeld_layers::relate::EventKind;
     let log = store.relations().events();
@@ -670,10 +675,13 @@ fn missed_events(
     let Some(after) = events_since else {
         return protocol::events(name, run, (newest, newest), false, &[]);
     };
-    // Past the newest event: numbers from another history. Resync.
-    let missed = (after <= newest).then(|| log.since(after)).flatten();
-    let Some(missed) = missed else {
-        return protocol::events(name, run, (after.min(newest), newest), true, &[]);
+    // A number from another run or history, or past the newest event,
+    // names other events than ours: resync.
+    if elsewhere || after > newest {
+        return protocol::events(name, run, (newest, newest), true, &[]);
+    }
+    let Some(missed) = log.since(after) else {
+        return protocol::events(name, run, (after, newest), true, &[]);
     };
     let bbox = sub.view.viewport().bbox;
     let json: Vec<String> = missed
