@@ -77,7 +77,7 @@ impl StateHandle {
                 config,
                 started: Instant::now(),
                 epoch: std::sync::OnceLock::new(),
-                run: crate::persist::new_epoch().into(),
+                run: crate::persist::random_id().into(),
                 rules: tokio::sync::Mutex::new(()),
             }),
         }

@@ -76,8 +76,8 @@ fn is_epoch(text: &str) -> bool {
 }
 
 /// 64 bits from std's per-process random hash keys (seeded by the OS), the
-/// clock and the process id: an identifier that differs between histories.
-pub(crate) fn new_epoch() -> String {
+/// clock and the process id, as 16 hex digits: epochs and server runs.
+pub(crate) fn random_id() -> String {
     use std::hash::{BuildHasher, Hasher};
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -132,7 +132,7 @@ impl Layout {
         {
             return Ok(text.trim().to_owned());
         }
-        let epoch = new_epoch();
+        let epoch = random_id();
         let tmp = self.data_dir.join("EPOCH.tmp");
         std::fs::write(&tmp, format!("{epoch}\n")).map_err(|e| Error::io(&tmp, e))?;
         std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
