@@ -209,9 +209,8 @@ impl View {
         current: Option<&'f Feature>,
         gone: RemoveReason,
     ) -> Option<Item<'f>> {
-        // Looked up by reference: on the fan-out path every client updates
-        // the same features, and cloning the shared id `Arc` per lookup made
-        // the threads contend on its refcount.
+        // Updated in place when held, so the common case clones no id: the
+        // same `Arc` is shared by every client's table.
         let known = self.known.table(collection);
         match current {
             Some(feature) if self.viewport.shows(collection, feature) => {

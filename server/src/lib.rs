@@ -259,6 +259,8 @@ async fn load(
         open_postgis(url, &layout, &store_config, &mut rebuilt).await?;
         state.set_postgis(status);
     }
+    // Before the store becomes visible: the hub thread must never route
+    // replayed events, whose numbers the log then reuses (numbering restarts).
     rebuilt.store.forget_events();
     *state.write() = rebuilt.store;
     // Unbounded on purpose: one message per closed segment (every 64 MiB of

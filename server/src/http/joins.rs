@@ -409,24 +409,16 @@ pub async fn events(
     })))
 }
 
+/// A rule as the API shows it: its body plus its id and live state.
 fn rule_json(state: &RuleState) -> Value {
-    let rule = &state.rule;
-    let target = match &rule.target {
-        RuleTarget::NearHazard { hazard, radius_km } => {
-            json!({"hazard": &**hazard, "radius_km": radius_km})
-        }
-        RuleTarget::InRegion { region } => json!({"region": region.to_string()}),
-    };
-    json!({
-        "id": state.id,
-        "target": target,
-        "type": rule.unit_type.map(UnitType::as_str),
-        "status": rule.status.map(UnitStatus::as_str),
-        "min_units": rule.min_units,
-        "count": state.count,
-        "alert": state.alert,
-        "since": state.since.to_rfc3339(),
-    })
+    let mut json = rule_body(&state.rule);
+    if let Some(object) = json.as_object_mut() {
+        object.insert("id".to_owned(), json!(state.id));
+        object.insert("count".to_owned(), json!(state.count));
+        object.insert("alert".to_owned(), json!(state.alert));
+        object.insert("since".to_owned(), json!(state.since.to_rfc3339()));
+    }
+    json
 }
 
 /// A rule as `POST /joins/rules` takes it: what `rules.json` stores.
