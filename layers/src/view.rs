@@ -1,19 +1,33 @@
 //! Views: what one live subscriber sees of the picture, and the diffs that
 //! keep it exact.
 //!
-//! A [`View`] remembers which version (`seq`) of which feature its client
-//! holds. Everything a client is sent comes from here: the snapshot, the
-//! items of each tick, the enter/leave items of a viewport move, and the
-//! catch-up of a resume. The core invariant, checked by the property test
-//! below: a client that applies the snapshot and every item it was sent
-//! holds exactly what a fresh snapshot of its viewport would hold at the
-//! view's `seq`.
+//! A [`View`] is a viewport and the store `seq` the client's state is
+//! consistent with. It keeps no table of what the client holds: the
+//! invariant below says what that is, so the view derives it.
 //!
-//! Items are idempotent (an upsert of a version the client has, a remove of
-//! an id it lacks, change nothing), which is what makes resume and
-//! over-delivery safe.
+//! # Invariant
+//!
+//! A client holds exactly the features its viewport shows in the store as of
+//! the view's seq, each in its version at that seq. The property test below
+//! checks it against a fresh snapshot after every step of random sequences
+//! of writes, deletes, expiries, routed and merged ticks, viewport moves and
+//! resumes.
+//!
+//! From it, each routed change is decided with comparisons, not lookups:
+//! a feature the viewport shows whose version is no newer than the view's
+//! seq is held already; whether the client held a changed feature is what
+//! the viewport made of its version *before* the change (the hub passes
+//! that version along). With 1,000 clients, a per-client table of held
+//! features cost two cache misses per delivery and most of the server's
+//! memory (BENCHMARKS.md, fan-out).
+//!
+//! Where the version before is not known (a view that read the store in the
+//! middle of a tick, or merged ticks), an item may be sent that changes
+//! nothing: items are idempotent (an upsert of a version the client has, a
+//! remove of an id it lacks, change nothing), which is also what makes
+//! resume and over-delivery safe.
 
-use std::sync::Arc;
+use std::collections::HashSet;
 
 use geo::{Intersects, Rect};
 
@@ -22,35 +36,6 @@ use crate::collection::Collection;
 use crate::feature::{Feature, FeatureId};
 use crate::query::{Query, properties_match};
 use crate::store::Store;
-
-/// The version of every feature a client holds, one table per collection:
-/// entries of 24 bytes instead of 32 with the collection in the key, which
-/// matters with 1,000 clients holding thousands of features each (the CPU
-/// per delivery measured the same). foldhash rather than SipHash: these
-/// tables are touched once per delivery per client on the fan-out path.
-#[derive(Debug, Clone, Default)]
-struct Known([hashbrown::HashMap<FeatureId, Seq>; Collection::ALL.len()]);
-
-impl Known {
-    fn len(&self) -> usize {
-        self.0.iter().map(hashbrown::HashMap::len).sum()
-    }
-
-    fn clear(&mut self) {
-        self.0.iter_mut().for_each(hashbrown::HashMap::clear);
-    }
-
-    fn table(&mut self, collection: Collection) -> &mut hashbrown::HashMap<FeatureId, Seq> {
-        &mut self.0[collection.index()]
-    }
-
-    fn keys(&self) -> Vec<(Collection, FeatureId)> {
-        Collection::ALL
-            .iter()
-            .flat_map(|c| self.0[c.index()].keys().map(|id| (*c, Arc::clone(id))))
-            .collect()
-    }
-}
 
 /// What a subscription looks at.
 #[derive(Debug, Clone, PartialEq)]
@@ -75,6 +60,16 @@ impl Viewport {
     /// this viewport (the routing test; exactness comes from [`Viewport::shows`]).
     pub fn may_concern(&self, collection: Collection, touched: &Rect<f64>) -> bool {
         self.collections.contains(&collection) && self.bbox.intersects(touched)
+    }
+
+    /// Why a feature this viewport does not show (`None`: gone, for
+    /// `gone`) must be dropped by a client that holds it.
+    fn reason(&self, current: Option<&Feature>, gone: RemoveReason) -> RemoveReason {
+        match current {
+            None => gone,
+            Some(f) if !f.shape.intersects_rect(&self.bbox) => RemoveReason::LeftViewport,
+            Some(_) => RemoveReason::Filtered,
+        }
     }
 }
 
@@ -115,13 +110,13 @@ impl RemoveReason {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Item<'f> {
     /// New, changed, or newly visible; `previous` is the version the client
-    /// holds, if any (for field-level deltas).
+    /// is known to hold, if any (the base of a field-level delta).
     Upsert {
         /// The collection.
         collection: Collection,
         /// The feature in its current version.
         feature: &'f Feature,
-        /// The version the client had.
+        /// The version the client holds, when known.
         previous: Option<Seq>,
     },
     /// To be dropped.
@@ -135,12 +130,89 @@ pub enum Item<'f> {
     },
 }
 
+/// What a feature was just before the first change a [`Change`] covers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Before<'f> {
+    /// Not known (the fan-out had not seen the feature yet).
+    Unknown,
+    /// It did not exist.
+    Absent,
+    /// This version.
+    Was(&'f Feature),
+}
+
+/// One changed feature as the fan-out routes it: every change to it after
+/// one tick up to the next, coalesced.
+#[derive(Debug, Clone, Copy)]
+pub struct Change<'f> {
+    /// The collection.
+    pub collection: Collection,
+    /// The id.
+    pub id: &'f FeatureId,
+    /// The seq of the tick that routed it; `current` is the feature's
+    /// state at that seq.
+    pub routed: Seq,
+    /// Its state at `routed`; `None` when gone.
+    pub current: Option<&'f Feature>,
+    /// Why it is gone, when it is.
+    pub gone: RemoveReason,
+    /// The seq of the first change after `before`: `before` is the
+    /// feature's state from its own seq up to this one. Usually the first
+    /// change the delivery covers; later when `before` is a version from
+    /// within them (one a snapshot read meanwhile).
+    pub first: Seq,
+    /// What the feature was up to `first`.
+    pub before: Before<'f>,
+}
+
+/// The seq of a feature's first change after version `before`, given the
+/// first, second and last of the changes a tick covers (the second is the
+/// first when there is one): [`Change::first`]. `before` is the newest
+/// version the fan-out knew; when a snapshot read it from within the
+/// tick's changes, the change after it is known only if it is the first or
+/// the last of them (`Seq(u64::MAX)`: nothing after it, it is current).
+///
+/// ```
+/// use beeld_layers::Seq;
+/// use beeld_layers::view::first_change_after;
+///
+/// let seqs = [Seq(10), Seq(12), Seq(15)];
+/// assert_eq!(first_change_after(Some(Seq(4)), seqs), Seq(10));
+/// assert_eq!(first_change_after(Some(Seq(10)), seqs), Seq(12));
+/// assert_eq!(first_change_after(Some(Seq(15)), seqs), Seq(u64::MAX));
+/// // Read between the second and the last: not known; `first` makes the
+/// // version useless to every view, which is safe.
+/// assert_eq!(first_change_after(Some(Seq(12)), seqs), Seq(10));
+/// ```
+pub fn first_change_after(before: Option<Seq>, [first, second, last]: [Seq; 3]) -> Seq {
+    match before {
+        Some(seq) if seq >= last => Seq(u64::MAX),
+        Some(seq) if seq == first => second,
+        _ => first,
+    }
+}
+
+impl<'f> Change<'f> {
+    /// The version in effect at `seq`, where the change says: `Some(None)`
+    /// when the feature did not exist then, `None` when not known.
+    fn at(&self, seq: Seq) -> Option<Option<&'f Feature>> {
+        // Nothing changed the feature in [before's seq, first): `before` is
+        // its state throughout, and only there.
+        if seq >= self.first {
+            return None;
+        }
+        match self.before {
+            Before::Absent => Some(None),
+            Before::Was(f) if f.seq <= seq => Some(Some(f)),
+            Before::Was(_) | Before::Unknown => None,
+        }
+    }
+}
+
 /// One subscriber's view.
 #[derive(Debug, Clone)]
 pub struct View {
     viewport: Viewport,
-    /// The version of every feature the client holds.
-    known: Known,
     /// The store seq the client's state is consistent with.
     seq: Seq,
 }
@@ -150,7 +222,6 @@ impl View {
     pub fn new(viewport: Viewport) -> View {
         View {
             viewport,
-            known: Known::default(),
             seq: Seq(0),
         }
     }
@@ -165,118 +236,161 @@ impl View {
         self.seq
     }
 
-    /// How many features the client holds.
-    pub fn len(&self) -> usize {
-        self.known.len()
-    }
-
-    /// Whether the client holds nothing.
-    pub fn is_empty(&self) -> bool {
-        self.known.len() == 0
-    }
-
     /// Every feature the viewport shows now, in collection then id order;
     /// the client is assumed to replace its state with them.
     pub fn snapshot<'s>(&mut self, store: &'s Store) -> Vec<(Collection, &'s Feature)> {
-        self.known.clear();
-        let shown = shown(store, &self.viewport);
-        for (collection, feature) in &shown {
-            self.known
-                .table(*collection)
-                .insert(Arc::clone(&feature.id), feature.seq);
-        }
         self.seq = store.seq();
-        shown
+        shown(store, &self.viewport)
     }
 
-    /// Starts a tick whose feature states are consistent with `tick_seq`.
-    /// Returns false, and the tick must be skipped, when the view is already
-    /// at or past it (a viewport move or resume read a newer store).
-    pub fn begin_tick(&mut self, tick_seq: Seq) -> bool {
+    /// Starts a tick whose feature states are consistent with `tick_seq`,
+    /// returning the seq the client was at (the `from` of
+    /// [`View::update`]); `None`, and the tick must be skipped, when the
+    /// view is already at or past it (a viewport move or resume read a
+    /// newer store).
+    pub fn begin_tick(&mut self, tick_seq: Seq) -> Option<Seq> {
         if tick_seq <= self.seq {
-            return false;
+            return None;
         }
-        self.seq = tick_seq;
-        true
+        Some(std::mem::replace(&mut self.seq, tick_seq))
     }
 
-    /// Brings one changed feature up to date: `current` is its state at the
-    /// tick's seq (`None` when gone, with `gone` saying why).
-    pub fn update<'f>(
-        &mut self,
-        collection: Collection,
-        id: &FeatureId,
-        current: Option<&'f Feature>,
-        gone: RemoveReason,
-    ) -> Option<Item<'f>> {
-        // Updated in place when held, so the common case clones no id: the
-        // same `Arc` is shared by every client's table.
-        let known = self.known.table(collection);
-        match current {
+    /// Moves a view that was told of nothing since its seq up to `seq`: the
+    /// fan-out routes every change that concerns a viewport, so a view
+    /// that has taken every tick routed up to `seq` and was sent none of
+    /// them holds the store's state at `seq` too. Keeps a quiet view
+    /// within the change log's reach for its next move.
+    pub fn quiet_until(&mut self, seq: Seq) {
+        self.seq = self.seq.max(seq);
+    }
+
+    /// What the client, at `from` (from [`View::begin_tick`]), must be told
+    /// of one routed change.
+    pub fn update<'f>(&self, from: Seq, change: &Change<'f>) -> Option<Item<'f>> {
+        if change.routed <= from {
+            // Merged from a tick the view had passed (it moved and read the
+            // store after that tick was routed).
+            return None;
+        }
+        let collection = change.collection;
+        let held = change
+            .at(from)
+            .map(|version| version.filter(|f| self.viewport.shows(collection, f)));
+        match change.current {
             Some(feature) if self.viewport.shows(collection, feature) => {
-                let previous = match known.get_mut(id) {
-                    Some(seq) => Some(std::mem::replace(seq, feature.seq)),
-                    None => known.insert(Arc::clone(id), feature.seq),
-                };
-                (previous != Some(feature.seq)).then_some(Item::Upsert {
+                // Shown, and no newer than what the client read: held as is.
+                if feature.seq <= from {
+                    return None;
+                }
+                Some(Item::Upsert {
                     collection,
                     feature,
-                    previous,
+                    previous: held.flatten().map(|f| f.seq),
                 })
             }
-            _ => {
-                known.remove(id)?;
-                let reason = match current {
-                    None => gone,
-                    Some(f) if !f.shape.intersects_rect(&self.viewport.bbox) => {
-                        RemoveReason::LeftViewport
-                    }
-                    Some(_) => RemoveReason::Filtered,
-                };
-                Some(Item::Remove {
+            current => match held {
+                Some(None) => None,
+                // Held, or maybe held: a remove of an id the client lacks is
+                // harmless, a missed one is not.
+                Some(Some(_)) | None => Some(Item::Remove {
                     collection,
-                    id: Arc::clone(id),
-                    reason,
-                })
-            }
+                    id: std::sync::Arc::clone(change.id),
+                    reason: self.viewport.reason(current, change.gone),
+                }),
+            },
         }
     }
 
     /// Brings the client up to the store's current seq from what it holds:
     /// the collapsed form of every diff it missed (used when a client fell
-    /// behind and its ticks were dropped).
-    pub fn catch_up<'s>(&mut self, store: &'s Store) -> Vec<Item<'s>> {
+    /// behind and its ticks were dropped). `None` when the change log no
+    /// longer reaches back to the view's seq; the client then needs a fresh
+    /// snapshot ([`View::snapshot`]).
+    pub fn catch_up<'s>(&mut self, store: &'s Store) -> Option<Vec<Item<'s>>> {
         let viewport = self.viewport.clone();
         self.move_to(store, viewport)
     }
 
     /// Moves the view to `viewport` at the store's current seq: the items
-    /// are what enters, what leaves, and what changed meanwhile.
-    pub fn move_to<'s>(&mut self, store: &'s Store, viewport: Viewport) -> Vec<Item<'s>> {
-        self.viewport = viewport;
-        let mut items = Vec::new();
-        let held = self.known.keys();
-        for (collection, id) in held {
-            let current = store.get(collection, &id);
-            if let Some(item) = self.update(collection, &id, current, RemoveReason::Deleted) {
-                items.push(item);
+    /// are what enters, what leaves, and what changed meanwhile. `None`
+    /// when the change log no longer reaches back to the view's seq (the
+    /// view has then taken `viewport`, and needs [`View::snapshot`]).
+    pub fn move_to<'s>(&mut self, store: &'s Store, viewport: Viewport) -> Option<Vec<Item<'s>>> {
+        let old = std::mem::replace(&mut self.viewport, viewport);
+        let from = self.seq;
+        let new = &self.viewport;
+        // Features changed since `from`: the client's version of them is
+        // not known here, so what may have been held gets a remove and what
+        // is shown gets its current version. Their first record after
+        // `from` touched their box at `from`, so a feature the client holds
+        // always has a record that concerns the old viewport.
+        let mut changed: Vec<(Collection, FeatureId, RemoveReason, bool)> = Vec::new();
+        for record in store.log().since(from)? {
+            let was = old.may_concern(record.collection, &record.touched);
+            if was || new.may_concern(record.collection, &record.touched) {
+                changed.push((
+                    record.collection,
+                    std::sync::Arc::clone(&record.id),
+                    RemoveReason::gone(&record.cause),
+                    was,
+                ));
             }
         }
-        // Held features were brought up to date above; add what enters.
-        for (collection, feature) in shown(store, &self.viewport) {
-            if let hashbrown::hash_map::Entry::Vacant(entry) =
-                self.known.table(collection).entry(Arc::clone(&feature.id))
-            {
-                entry.insert(feature.seq);
-                items.push(Item::Upsert {
+        // The last record of each feature gives its removal reason; any of
+        // them may say it concerned the old viewport.
+        let mut items = Vec::new();
+        let mut seen: HashSet<(Collection, FeatureId)> = HashSet::new();
+        let mut maybe_held: HashSet<(Collection, FeatureId)> = HashSet::new();
+        for (collection, id, _, was) in &changed {
+            if *was {
+                maybe_held.insert((*collection, std::sync::Arc::clone(id)));
+            }
+        }
+        for (collection, id, gone, _) in changed.into_iter().rev() {
+            if !seen.insert((collection, std::sync::Arc::clone(&id))) {
+                continue;
+            }
+            match store.get(collection, &id) {
+                Some(feature) if new.shows(collection, feature) => items.push(Item::Upsert {
                     collection,
                     feature,
                     previous: None,
-                });
+                }),
+                current => {
+                    if maybe_held.contains(&(collection, std::sync::Arc::clone(&id))) {
+                        items.push(Item::Remove {
+                            collection,
+                            reason: new.reason(current, gone),
+                            id,
+                        });
+                    }
+                }
+            }
+        }
+        // Features unchanged since `from` are held exactly where the old
+        // viewport shows them; only a different viewport changes that.
+        if old != *new {
+            for (collection, feature) in shown(store, &old) {
+                if feature.seq <= from && !new.shows(collection, feature) {
+                    items.push(Item::Remove {
+                        collection,
+                        id: std::sync::Arc::clone(&feature.id),
+                        reason: new.reason(Some(feature), RemoveReason::Deleted),
+                    });
+                }
+            }
+            for (collection, feature) in shown(store, new) {
+                if feature.seq <= from && !old.shows(collection, feature) {
+                    items.push(Item::Upsert {
+                        collection,
+                        feature,
+                        previous: None,
+                    });
+                }
             }
         }
         self.seq = store.seq();
-        items
+        Some(items)
     }
 
     /// Resumes a client that holds a snapshot of this view's viewport as of
@@ -287,47 +401,8 @@ impl View {
         if since > store.seq() {
             return None;
         }
-        let mut candidates: Vec<(Collection, FeatureId, RemoveReason)> = store
-            .log()
-            .since(since)?
-            .filter(|r| self.viewport.may_concern(r.collection, &r.touched))
-            .map(|r| {
-                (
-                    r.collection,
-                    Arc::clone(&r.id),
-                    RemoveReason::gone(&r.cause),
-                )
-            })
-            .collect();
-        // The last change of each feature decides its removal reason.
-        candidates.reverse();
-        let mut seen = std::collections::HashSet::new();
-        candidates.retain(|(c, id, _)| seen.insert((*c, Arc::clone(id))));
-        self.snapshot(store);
-        let mut items = Vec::new();
-        for (collection, id, gone) in candidates {
-            match store.get(collection, &id) {
-                Some(feature) if self.viewport.shows(collection, feature) => {
-                    items.push(Item::Upsert {
-                        collection,
-                        feature,
-                        previous: None,
-                    });
-                }
-                current => items.push(Item::Remove {
-                    collection,
-                    id,
-                    reason: match current {
-                        None => gone,
-                        Some(f) if !f.shape.intersects_rect(&self.viewport.bbox) => {
-                            RemoveReason::LeftViewport
-                        }
-                        Some(_) => RemoveReason::Filtered,
-                    },
-                }),
-            }
-        }
-        Some(items)
+        self.seq = since;
+        self.catch_up(store)
     }
 }
 
@@ -357,6 +432,7 @@ pub fn shown<'s>(store: &'s Store, viewport: &Viewport) -> Vec<(Collection, &'s 
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
+    use std::sync::Arc;
 
     use geo::coord;
     use proptest::prelude::*;
@@ -420,18 +496,22 @@ mod tests {
         Tick(bool),
         Move(f64, f64, f64, bool),
         Fork,
+        /// Another client's snapshot encodes unit `i` through the hub,
+        /// which keeps the version if it is the newest it knows.
+        Encode(u8),
     }
 
     fn step() -> impl Strategy<Value = Step> {
         prop_oneof![
-            6 => (0u8..30, 4.9f64..5.3, 50.9f64..51.3, any::<bool>(), any::<bool>())
+            6 => (0u8..10, 4.9f64..5.3, 50.9f64..51.3, any::<bool>(), any::<bool>())
                 .prop_map(|(i, x, y, a, e)| Step::Unit(i, x, y, a, e)),
             2 => (0u8..6, 4.9f64..5.3, 50.9f64..51.3, 0.0f64..0.15).prop_map(|(i, x, y, s)| Step::Hazard(i, x, y, s)),
-            2 => (0u8..30).prop_map(Step::Delete),
+            2 => (0u8..10).prop_map(Step::Delete),
             1 => (0i64..100).prop_map(Step::Expire),
             4 => any::<bool>().prop_map(Step::Tick),
             2 => (4.9f64..5.3, 50.9f64..51.3, 0.01f64..0.3, any::<bool>()).prop_map(|(x, y, s, f)| Step::Move(x, y, s, f)),
             1 => Just(Step::Fork),
+            2 => (0u8..10).prop_map(Step::Encode),
         ]
     }
 
@@ -471,8 +551,52 @@ mod tests {
             .collect()
     }
 
+    /// One routed delivery, as the hub makes it.
+    #[derive(Debug, Clone)]
+    struct Routed {
+        collection: Collection,
+        id: FeatureId,
+        routed: Seq,
+        state: Option<Feature>,
+        gone: RemoveReason,
+        first: Seq,
+        before: Option<Feature>,
+    }
+
+    impl Routed {
+        fn change(&self) -> Change<'_> {
+            Change {
+                collection: self.collection,
+                id: &self.id,
+                routed: self.routed,
+                current: self.state.as_ref(),
+                gone: self.gone,
+                first: self.first,
+                before: self.before.as_ref().map_or(Before::Unknown, Before::Was),
+            }
+        }
+    }
+
+    /// What `hub.encoded` does for every upsert a session encodes outside
+    /// ticks: it keeps the newer version.
+    fn encoded(base: &mut BTreeMap<(Collection, FeatureId), Feature>, items: &[Item<'_>]) {
+        for item in items {
+            if let Item::Upsert {
+                collection,
+                feature,
+                ..
+            } = item
+            {
+                let key = (*collection, Arc::clone(&feature.id));
+                if base.get(&key).is_none_or(|b| b.seq <= feature.seq) {
+                    base.insert(key, (*feature).clone());
+                }
+            }
+        }
+    }
+
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(200))]
+        #![proptest_config(ProptestConfig::with_cases(3000))]
         #[test]
         fn snapshot_plus_diffs_equals_a_fresh_snapshot(steps in proptest::collection::vec(step(), 1..80)) {
             let mut store = Store::new(StoreConfig::default());
@@ -481,8 +605,9 @@ mod tests {
             let mut client: Client = view.snapshot(&store).into_iter().map(|(c, f)| ((c, f.id.to_string()), f.seq)).collect();
             let mut routed_up_to = store.seq();
             // Ticks routed but not yet taken by the session.
-            type Routed = Vec<((Collection, FeatureId), (Seq, Option<Feature>, RemoveReason))>;
-            let mut queued: Vec<Routed> = Vec::new();
+            let mut queued: Vec<Vec<Routed>> = Vec::new();
+            // The hub's newest version of each feature (its `encodings`).
+            let mut base: BTreeMap<(Collection, FeatureId), Feature> = BTreeMap::new();
             // A client that went away with its state and seq, to resume later.
             let mut forked: Option<(Client, Viewport, Seq)> = None;
             for step in steps {
@@ -496,44 +621,71 @@ mod tests {
                         None
                     }
                     Step::Tick(deliver) => {
-                        // The hub routes every change since its last tick that may concern
-                        // the viewport, coalesced per feature, with the feature's state at
-                        // the tick, and queues it for the session.
+                        // The hub coalesces every change since its last tick per
+                        // feature, with the feature's state at the tick, the seq of
+                        // its first change and the version it last routed (or that a
+                        // session encoded since: `hub.encoded` keeps the newest),
+                        // and queues those that may concern the viewport.
                         let tick_seq = store.seq();
-                        let mut latest: BTreeMap<(Collection, FeatureId), RemoveReason> = BTreeMap::new();
+                        let mut touched: BTreeMap<(Collection, FeatureId), ([Seq; 3], RemoveReason, bool)> = BTreeMap::new();
                         for record in store.log().since(routed_up_to).expect("log holds everything") {
-                            if view.viewport().may_concern(record.collection, &record.touched) {
-                                latest.insert((record.collection, Arc::clone(&record.id)), RemoveReason::gone(&record.cause));
-                            }
+                            let concerns = view.viewport().may_concern(record.collection, &record.touched);
+                            touched
+                                .entry((record.collection, Arc::clone(&record.id)))
+                                .and_modify(|([first, second, last], gone, c)| {
+                                    if second == first {
+                                        *second = record.seq;
+                                    }
+                                    *last = record.seq;
+                                    *gone = RemoveReason::gone(&record.cause);
+                                    *c |= concerns;
+                                })
+                                .or_insert(([record.seq; 3], RemoveReason::gone(&record.cause), concerns));
                         }
                         routed_up_to = tick_seq;
-                        queued.push(
-                            latest
-                                .into_iter()
-                                .map(|((c, id), gone)| {
-                                    let state = store.get(c, &id).cloned();
-                                    ((c, id), (tick_seq, state, gone))
-                                })
-                                .collect::<Vec<_>>(),
-                        );
+                        let mut routed = Vec::new();
+                        for ((c, id), ([first, second, last], gone, concerns)) in touched {
+                            let state = store.get(c, &id).cloned();
+                            let before = match &state {
+                                Some(f) => base.insert((c, Arc::clone(&id)), f.clone()),
+                                None => base.remove(&(c, Arc::clone(&id))),
+                            };
+                            let first = first_change_after(before.as_ref().map(|b| b.seq), [first, second, last]);
+                            if concerns {
+                                routed.push(Routed { collection: c, id, routed: tick_seq, state, gone, first, before });
+                            }
+                        }
+                        if !routed.is_empty() {
+                            queued.push(routed);
+                        }
                         if deliver {
                             // The session takes every queued tick as one: each feature
-                            // once, its latest delivery; items from ticks the view has
-                            // already passed (a viewport move read the store after
-                            // they were routed) are skipped.
-                            let mut merged: BTreeMap<(Collection, FeatureId), (Seq, Option<Feature>, RemoveReason)> = BTreeMap::new();
+                            // once, its latest delivery.
+                            let mut merged: BTreeMap<(Collection, FeatureId), Routed> = BTreeMap::new();
                             for tick in queued.drain(..) {
-                                merged.extend(tick);
+                                for r in tick {
+                                    merged.insert((r.collection, Arc::clone(&r.id)), r);
+                                }
                             }
-                            let from = view.seq();
-                            if view.begin_tick(tick_seq) {
+                            let last = merged.values().map(|r| r.routed).max();
+                            if let Some(from) = last.and_then(|seq| view.begin_tick(seq)) {
                                 let items: Vec<Item<'_>> = merged
-                                    .iter()
-                                    .filter(|(_, (routed_at, _, _))| *routed_at > from)
-                                    .filter_map(|((c, id), (_, state, gone))| view.update(*c, id, state.as_ref(), *gone))
+                                    .values()
+                                    .filter_map(|r| view.update(from, &r.change()))
                                     .collect();
+                                for item in &items {
+                                    if let Item::Upsert { collection, feature, previous: Some(p) } = item {
+                                        // A delta base must be exactly what the client holds.
+                                        prop_assert_eq!(client.get(&(*collection, feature.id.to_string())), Some(p));
+                                        let r = &merged[&(*collection, Arc::clone(&feature.id))];
+                                        prop_assert_eq!(r.before.as_ref().map(|b| b.seq), Some(*p));
+                                    }
+                                }
                                 apply(&mut client, &items);
                             }
+                            // Every tick routed so far is taken: a quiet view may
+                            // move up to the last one (the WebSocket loop does this).
+                            view.quiet_until(routed_up_to);
                             prop_assert_eq!(&client, &fresh(&store, view.viewport()));
                         }
                         None
@@ -541,9 +693,24 @@ mod tests {
                     Step::Move(x, y, s, f) => {
                         // A move first brings the routing up to date (the server
                         // updates its router before it reads the store).
-                        let items = view.move_to(&store, viewport(x, y, s, f));
-                        apply(&mut client, &items);
+                        match view.move_to(&store, viewport(x, y, s, f)) {
+                            Some(items) => {
+                                encoded(&mut base, &items);
+                                apply(&mut client, &items);
+                            }
+                            None => {
+                                client = view.snapshot(&store).into_iter().map(|(c, f)| ((c, f.id.to_string()), f.seq)).collect();
+                            }
+                        }
+                        // Ticks still queued were routed before the move read the store.
                         prop_assert_eq!(&client, &fresh(&store, view.viewport()));
+                        None
+                    }
+                    Step::Encode(i) => {
+                        if let Some(feature) = store.get(Collection::Units, &format!("u{i}")) {
+                            let item = Item::Upsert { collection: Collection::Units, feature, previous: None };
+                            encoded(&mut base, &[item]);
+                        }
                         None
                     }
                     Step::Fork => {
@@ -560,6 +727,7 @@ mod tests {
             if let Some((mut resumed, viewport, since)) = forked {
                 let mut view = View::new(viewport);
                 let items = view.resume(&store, since).expect("log holds everything");
+                encoded(&mut base, &items);
                 apply(&mut resumed, &items);
                 prop_assert_eq!(&resumed, &fresh(&store, view.viewport()));
                 prop_assert_eq!(view.seq(), store.seq());

@@ -95,13 +95,21 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
     Some((utime + stime) / 100.0)
 }
 
+/// The key of the send timestamp in every feature the generator writes.
+const T_US: &[u8] = b"\"t_us\":";
+
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn connect(target: &str) -> Socket {
     let url = format!("{}/ws", target.replace("http://", "ws://"));
     loop {
-        match tokio_tungstenite::connect_async(&url).await {
+        // A smaller read buffer than tungstenite's 128 KiB: it zeroes the
+        // whole buffer on every read, which cost the load generator more
+        // than the server's reads did.
+        let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+            .read_buffer_size(16 * 1024);
+        match tokio_tungstenite::connect_async_with_config(&url, Some(config), false).await {
             Ok((socket, _)) => return socket,
             Err(e) => {
                 eprintln!("connect failed ({e}); retrying");
@@ -180,6 +188,7 @@ async fn main() {
         // Every 10th client records latency samples; all count deliveries.
         let sample = i % 10 == 0;
         tasks.push(tokio::spawn(async move {
+            let t_us = memchr::memmem::Finder::new(T_US);
             let mut socket = connect(&target).await;
             socket
                 .send(Message::Text(subscribe.to_string().into()))
@@ -199,22 +208,31 @@ async fn main() {
                 if stop.load(Ordering::Relaxed) {
                     break;
                 }
-                if text.contains("\"catch_up\":true") {
+                // The flag is in the message's head, before any feature.
+                if text
+                    .get(..200)
+                    .unwrap_or(text)
+                    .contains("\"catch_up\":true")
+                {
                     totals.resyncs.fetch_add(1, Ordering::Relaxed);
                 }
                 let now_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
                 let mut n = 0u64;
                 let mut local = Vec::new();
-                for (pos, _) in text.match_indices("\"t_us\":") {
+                // memmem (SIMD) rather than `str::match_indices`: scanning
+                // every message was the load generator's largest cost,
+                // and the generator shares the machine with the server.
+                let bytes = text.as_bytes();
+                for pos in t_us.find_iter(bytes) {
                     n += 1;
                     if sample {
-                        let digits: String = text[pos + 7..]
-                            .chars()
-                            .take_while(char::is_ascii_digit)
-                            .collect();
-                        if let Ok(t) = digits.parse::<u64>() {
-                            local.push(u32::try_from(now_us.saturating_sub(t)).unwrap_or(u32::MAX));
-                        }
+                        let t = bytes[pos + T_US.len()..]
+                            .iter()
+                            .take_while(|b| b.is_ascii_digit())
+                            .fold(0u64, |t, b| {
+                                t.saturating_mul(10).saturating_add(u64::from(b - b'0'))
+                            });
+                        local.push(u32::try_from(now_us.saturating_sub(t)).unwrap_or(u32::MAX));
                     }
                 }
                 totals.deliveries.fetch_add(n, Ordering::Relaxed);

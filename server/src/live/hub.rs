@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use beeld_layers::change::union;
 use beeld_layers::relate::EventKind;
-use beeld_layers::view::RemoveReason;
+use beeld_layers::view::{Before, Change, RemoveReason, first_change_after};
 use beeld_layers::{Collection, Feature, FeatureId, Seq};
 use geo::{Intersects, Rect};
 use rstar::primitives::{GeomWithData, Rectangle};
@@ -104,8 +104,19 @@ pub struct Delivery {
     pub tick_seq: Seq,
     /// Its state at the tick's seq; `None` when gone.
     pub feature: Option<Arc<Feature>>,
-    /// The version the hub routed before this one: what every client that
-    /// kept up holds, and so the base of the shared field-level delta.
+    /// The seq of the first change after `previous`: `previous` is the
+    /// feature's state from its own seq up to this one. The first change
+    /// the tick covers, unless `previous` is from within the tick.
+    pub first: Seq,
+    /// The seq of the second change this delivery covers (`first` when
+    /// only one).
+    pub second: Seq,
+    /// The seq of the last change this delivery covers.
+    pub last: Seq,
+    /// The newest version the hub knew before this tick (routed, or
+    /// encoded for a snapshot since): the feature's state just before
+    /// `first` when older than it, and so what every client that kept up
+    /// holds and the base of the shared field-level delta.
     pub previous: Option<Arc<Feature>>,
     /// Why it is gone, when it is.
     pub gone: RemoveReason,
@@ -157,6 +168,24 @@ impl Delivery {
     /// The seq of the version [`Delivery::variant`] diffs against.
     pub fn previous_seq(&self) -> Option<Seq> {
         self.previous.as_ref().map(|f| f.seq)
+    }
+
+    /// The delivery as the view decides it.
+    pub fn change(&self) -> Change<'_> {
+        Change {
+            collection: self.collection,
+            id: &self.id,
+            routed: self.tick_seq,
+            current: self.feature.as_deref(),
+            gone: self.gone,
+            first: self.first,
+            // A feature the hub has no version of may well have existed (it
+            // has not changed since the server started).
+            before: self
+                .previous
+                .as_deref()
+                .map_or(Before::Unknown, Before::Was),
+        }
     }
 }
 
@@ -318,6 +347,8 @@ struct Inner {
     encodings: std::sync::RwLock<Encodings>,
     config: LiveConfig,
     next_conn: AtomicU64,
+    /// The seq of the last tick routed (all its sends done).
+    routed: AtomicU64,
     stopped: AtomicBool,
     /// Tells sessions the server is shutting down, so they close cleanly.
     shutdown: watch::Sender<bool>,
@@ -347,6 +378,7 @@ impl Hub {
                 encodings: std::sync::RwLock::new(Encodings::new()),
                 config,
                 next_conn: AtomicU64::new(1),
+                routed: AtomicU64::new(0),
                 stopped: AtomicBool::new(false),
                 shutdown: watch::channel(false).0,
                 stats: HubStats::default(),
@@ -466,6 +498,13 @@ impl Hub {
         remove_route(&mut self.router(), (conn, key));
     }
 
+    /// The seq up to which every change has been routed: a connection
+    /// whose queue is empty (and that is not lagging) afterwards was routed
+    /// nothing it has not taken (`View::quiet_until`).
+    pub fn routed(&self) -> Seq {
+        Seq(self.inner.routed.load(Ordering::Acquire))
+    }
+
     /// Number of connections.
     pub fn connections(&self) -> usize {
         self.router().conns.len()
@@ -495,6 +534,7 @@ impl Hub {
             let store = state.read();
             (store.seq(), store.relations().events().last())
         };
+        self.inner.routed.store(last.0, Ordering::Release);
         let tick = self.inner.config.tick;
         // Fixed deadlines, so the period is the tick and not tick plus the
         // routing time; a pass that overruns starts the next at once.
@@ -562,24 +602,37 @@ impl Hub {
                 for conn in self.router().conns.values() {
                     conn.lagging.store(true, Ordering::Relaxed);
                 }
+                // Versions it kept may have changed unseen: no longer a
+                // base for deltas or for what a client held.
+                self.inner
+                    .encodings
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clear();
+                self.inner.routed.store(seq.0, Ordering::Release);
                 return (seq, newest_event);
             };
             // Coalesce: one delivery per feature, in its state at `seq`.
-            let mut touched: HashMap<(Collection, FeatureId), (Rect<f64>, RemoveReason)> =
-                HashMap::new();
+            // The seqs are the first, second and last change of the feature.
+            type Touched = (Rect<f64>, RemoveReason, [Seq; 3]);
+            let mut touched: HashMap<(Collection, FeatureId), Touched> = HashMap::new();
             for record in records {
                 let gone = RemoveReason::gone(&record.cause);
                 touched
                     .entry((record.collection, Arc::clone(&record.id)))
-                    .and_modify(|(bbox, reason)| {
+                    .and_modify(|(bbox, reason, [first, second, last])| {
                         *bbox = union(*bbox, record.touched);
                         *reason = gone;
+                        if second == first {
+                            *second = record.seq;
+                        }
+                        *last = record.seq;
                     })
-                    .or_insert((record.touched, gone));
+                    .or_insert((record.touched, gone, [record.seq; 3]));
             }
             let pending: Vec<(Rect<f64>, Delivery)> = touched
                 .into_iter()
-                .map(|((collection, id), (bbox, gone))| {
+                .map(|((collection, id), (bbox, gone, [first, second, last]))| {
                     let feature = store.get(collection, &id).cloned().map(Arc::new);
                     (
                         bbox,
@@ -588,6 +641,9 @@ impl Hub {
                             id,
                             tick_seq: seq,
                             feature,
+                            first,
+                            second,
+                            last,
                             previous: None,
                             gone,
                             json: None,
@@ -621,6 +677,10 @@ impl Hub {
                     _ => encodings.remove(&key),
                 };
                 delivery.previous = previous.map(|(feature, _)| feature);
+                delivery.first = first_change_after(
+                    delivery.previous_seq(),
+                    [delivery.first, delivery.second, delivery.last],
+                );
             }
         }
         type Routed = (Vec<(u32, Arc<Delivery>)>, Vec<(u32, Arc<EventDelivery>)>);
@@ -707,6 +767,9 @@ impl Hub {
             }
         }
         drop(router);
+        // After every send: a session that then finds its queue empty has
+        // taken everything routed to it up to `seq`.
+        self.inner.routed.store(seq.0, Ordering::Release);
         self.inner.stats.ticks.fetch_add(1, Ordering::Relaxed);
         self.inner
             .stats
@@ -757,6 +820,9 @@ mod tests {
             collection: Collection::Units,
             id: "u1".into(),
             tick_seq: feature.seq,
+            first: feature.seq,
+            second: feature.seq,
+            last: feature.seq,
             feature: Some(Arc::new(feature)),
             previous: Some(Arc::new(previous)),
             gone: RemoveReason::Deleted,

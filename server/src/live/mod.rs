@@ -14,6 +14,7 @@
 
 pub mod hub;
 pub mod protocol;
+pub mod queued;
 pub mod replay;
 pub mod session;
 pub mod sse;

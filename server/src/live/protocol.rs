@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 use beeld_layers::view::RemoveReason;
 use beeld_layers::{Collection, Seq};
@@ -322,19 +323,63 @@ impl SnapshotWriter {
     }
 }
 
-/// Builds a `diff` message. Feature JSON is appended straight into one
-/// buffer per collection: on the fan-out path every byte is copied once.
+/// One upserted feature's JSON in a [`DiffWriter`]: borrowed from the
+/// tick's shared encoding on the fan-out path, so that the bytes are copied
+/// once, into the message.
+#[derive(Debug)]
+pub enum Piece<'a> {
+    /// Borrowed (a tick's shared encoding).
+    Borrowed(&'a str),
+    /// Shared with other connections.
+    Shared(Arc<str>),
+    /// This message's own.
+    Owned(String),
+}
+
+impl Piece<'_> {
+    fn as_str(&self) -> &str {
+        match self {
+            Piece::Borrowed(s) => s,
+            Piece::Shared(s) => s,
+            Piece::Owned(s) => s,
+        }
+    }
+}
+
+impl<'a> From<&'a str> for Piece<'a> {
+    fn from(s: &'a str) -> Self {
+        Piece::Borrowed(s)
+    }
+}
+
+impl From<Arc<str>> for Piece<'_> {
+    fn from(s: Arc<str>) -> Self {
+        Piece::Shared(s)
+    }
+}
+
+impl From<String> for Piece<'_> {
+    fn from(s: String) -> Self {
+        Piece::Owned(s)
+    }
+}
+
+/// Builds a `diff` message. Upserts are kept as references to their
+/// encodings and written once, into a buffer sized for the whole message:
+/// on the fan-out path every byte is copied once (appending to growing
+/// buffers and joining them at the end was a third of the server's CPU
+/// in the dense fan-out benchmark).
 #[derive(Debug, Default)]
-pub struct DiffWriter {
-    upserts: BTreeMap<Collection, String>,
+pub struct DiffWriter<'a> {
+    upserts: Vec<(Collection, Piece<'a>)>,
     removes: BTreeMap<Collection, String>,
     catch_up: bool,
 }
 
-impl DiffWriter {
+impl<'a> DiffWriter<'a> {
     /// A writer for a catch-up diff: the collapsed form of diffs a client
     /// missed because it fell behind.
-    pub fn catch_up() -> DiffWriter {
+    pub fn catch_up() -> DiffWriter<'a> {
         DiffWriter {
             catch_up: true,
             ..DiffWriter::default()
@@ -347,12 +392,8 @@ impl DiffWriter {
     }
 
     /// Adds an upserted feature (or field delta), already encoded.
-    pub fn upsert(&mut self, collection: Collection, json: &str) {
-        let buffer = self.upserts.entry(collection).or_default();
-        if !buffer.is_empty() {
-            buffer.push(',');
-        }
-        buffer.push_str(json);
+    pub fn upsert(&mut self, collection: Collection, json: impl Into<Piece<'a>>) {
+        self.upserts.push((collection, json.into()));
     }
 
     /// Adds a removal.
@@ -367,14 +408,14 @@ impl DiffWriter {
     }
 
     /// Finishes the message covering `(from, to]`.
-    pub fn finish(self, sub: &str, from: Seq, to: Seq) -> Outgoing {
+    pub fn finish(mut self, sub: &str, from: Seq, to: Seq) -> Outgoing {
         let size: usize = self
             .upserts
-            .values()
-            .chain(self.removes.values())
-            .map(String::len)
+            .iter()
+            .map(|(_, piece)| piece.as_str().len() + 1)
+            .chain(self.removes.values().map(String::len))
             .sum();
-        let mut json = String::with_capacity(size + 128);
+        let mut json = String::with_capacity(size + sub.len() + 160);
         json.push_str("{\"type\":\"diff\",\"sub\":");
         push_json_str(&mut json, sub);
         let _ = write!(json, ",\"from_seq\":{from},\"seq\":{to}");
@@ -382,21 +423,29 @@ impl DiffWriter {
             json.push_str(",\"catch_up\":true");
         }
         json.push_str(",\"collections\":{");
+        // Stable: upserts keep their order within a collection.
+        self.upserts.sort_by_key(|(collection, _)| *collection);
         let mut collections: Vec<Collection> = self
             .upserts
-            .keys()
-            .chain(self.removes.keys())
-            .copied()
+            .iter()
+            .map(|(c, _)| *c)
+            .chain(self.removes.keys().copied())
             .collect();
         collections.sort();
         collections.dedup();
+        let mut upserts = self.upserts.iter().peekable();
         for (i, collection) in collections.iter().enumerate() {
             if i > 0 {
                 json.push(',');
             }
             let _ = write!(json, "\"{collection}\":{{\"upsert\":[");
-            if let Some(items) = self.upserts.get(collection) {
-                json.push_str(items);
+            let mut first = true;
+            while let Some((_, piece)) = upserts.next_if(|(c, _)| c == collection) {
+                if !first {
+                    json.push(',');
+                }
+                first = false;
+                json.push_str(piece.as_str());
             }
             json.push_str("],\"remove\":[");
             if let Some(items) = self.removes.get(collection) {

@@ -12,8 +12,9 @@
 use std::time::{Duration, Instant};
 
 use beeld_layers::view::{Item, RemoveReason, View, Viewport};
-use beeld_layers::{Collection, StoreConfig, Timestamp};
+use beeld_layers::{Collection, Feature, Seq, StoreConfig, Timestamp};
 use geo::Rect;
+use std::collections::HashMap;
 use tokio::sync::mpsc;
 
 use super::protocol::{self, DiffWriter, Outgoing, SnapshotWriter};
@@ -179,29 +180,66 @@ async fn run(
         next_wall += FRAME;
         tokio::time::sleep_until(next_wall.into()).await;
         recorded = recorded.plus_millis((FRAME.as_secs_f64() * speed * 1000.0) as i64);
-        let from_seq = view.seq();
-        let mut touched: Vec<(Collection, beeld_layers::FeatureId, RemoveReason)> = Vec::new();
+        // Per feature touched in this frame: the version before its first
+        // change here, that change's seq, and why it is gone if it is.
+        type Touched = (Option<Feature>, Seq, RemoveReason);
+        let mut touched: HashMap<(Collection, beeld_layers::FeatureId), Touched> = HashMap::new();
+        let mut order: Vec<(Collection, beeld_layers::FeatureId)> = Vec::new();
         while let Some(change) = changes.next_if(|c| c.at <= recorded) {
             let reason = RemoveReason::gone(&change.cause);
+            let (collection, id, seq) = match &change.change {
+                Change::Upsert(collection, feature) => {
+                    (*collection, std::sync::Arc::clone(&feature.id), feature.seq)
+                }
+                Change::Delete(collection, id, seq) => {
+                    (*collection, std::sync::Arc::clone(id), *seq)
+                }
+                Change::Superseded(..) => continue,
+            };
+            let key = (collection, std::sync::Arc::clone(&id));
+            match touched.get_mut(&key) {
+                Some(entry) => entry.2 = reason,
+                None => {
+                    let before = store.get(collection, &id).cloned();
+                    touched.insert(key.clone(), (before, seq, reason));
+                    order.push(key);
+                }
+            }
             match change.change {
                 Change::Upsert(collection, feature) => {
-                    let id = std::sync::Arc::clone(&feature.id);
                     store.restore(collection, feature, Some(change.cause));
-                    touched.push((collection, id, reason));
                 }
                 Change::Delete(collection, id, seq) => {
                     store.restore_delete(collection, &id, seq, change.cause, change.at);
-                    touched.push((collection, id, reason));
                 }
                 Change::Superseded(..) => {}
             }
         }
-        if touched.is_empty() || !view.begin_tick(store.seq()) {
+        let Some(from_seq) = (!touched.is_empty())
+            .then(|| view.begin_tick(store.seq()))
+            .flatten()
+        else {
             continue;
-        }
+        };
         let mut diff = DiffWriter::default();
-        for (collection, id, reason) in touched {
-            match view.update(collection, &id, store.get(collection, &id), reason) {
+        for key in order {
+            let Some((before, first, reason)) = touched.get(&key) else {
+                continue;
+            };
+            let (collection, id) = key;
+            let change = beeld_layers::view::Change {
+                collection,
+                id: &id,
+                routed: view.seq(),
+                current: store.get(collection, &id),
+                gone: *reason,
+                first: *first,
+                before: before.as_ref().map_or(
+                    beeld_layers::view::Before::Absent,
+                    beeld_layers::view::Before::Was,
+                ),
+            };
+            match view.update(from_seq, &change) {
                 Some(Item::Upsert {
                     collection,
                     feature,
@@ -209,7 +247,7 @@ async fn run(
                 }) => {
                     let mut json = String::new();
                     push_feature(&mut json, feature);
-                    diff.upsert(collection, &json);
+                    diff.upsert(collection, json);
                 }
                 Some(Item::Remove {
                     collection,

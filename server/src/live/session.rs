@@ -14,7 +14,7 @@ use beeld_layers::{Collection, Feature, FeatureId, Seq};
 use geo::{Rect, coord};
 
 use super::hub::{ConnId, Hub, Tick};
-use super::protocol::{self, ClientMessage, DiffWriter, Outgoing, SnapshotWriter};
+use super::protocol::{self, ClientMessage, DiffWriter, Outgoing, Piece, SnapshotWriter};
 use crate::output::{Precision, push_feature_with};
 use crate::state::StateHandle;
 
@@ -420,13 +420,43 @@ impl Session {
         );
         let from = sub.view.seq();
         let store = self.state.read();
-        let items = own(sub.view.move_to(&store, viewport));
-        let to = sub.view.seq();
-        let aggregates = aggregate_changes(&store, sub, id, true);
-        drop(store);
-        let mut out = vec![encode_diff(&self.hub, sub, id, from, to, items)];
+        let message = match sub.view.move_to(&store, viewport).map(own) {
+            Some(items) => {
+                let to = sub.view.seq();
+                let aggregates = aggregate_changes(&store, sub, id, true);
+                drop(store);
+                let mut out = vec![encode_diff(&self.hub, sub, id, from, to, items)];
+                out.extend(aggregates);
+                return out;
+            }
+            // The change log no longer reaches back to what the client
+            // holds: it gets the new viewport whole.
+            None => {
+                let aggregates = aggregate_changes(&store, sub, id, true);
+                (resync(&self.hub, &self.state, store, sub, id), aggregates)
+            }
+        };
+        let (snapshot, aggregates) = message;
+        let mut out = vec![snapshot];
         out.extend(aggregates);
         out
+    }
+
+    /// The hub's last routed seq (`Hub::routed`).
+    pub fn routed(&self) -> Seq {
+        self.hub.routed()
+    }
+
+    /// Moves every quiet subscription up to `seq`, the hub's last routed
+    /// tick: the transport calls this when its tick queue is empty and it
+    /// is not lagging, so nothing routed up to `seq` is pending
+    /// (`View::quiet_until`). Keeps a viewport move a diff, not a resync,
+    /// for a client whose area saw no change for longer than the change
+    /// log reaches back.
+    pub fn quiet_until(&mut self, seq: Seq) {
+        for sub in self.subs.values_mut() {
+            sub.view.quiet_until(seq);
+        }
     }
 
     /// Applies one tick from the hub.
@@ -481,24 +511,12 @@ impl Session {
             let Some(sub) = self.subs.get_mut(name) else {
                 continue;
             };
-            let from = sub.view.seq();
-            if !sub.view.begin_tick(tick.seq) {
+            let Some(from) = sub.view.begin_tick(tick.seq) else {
                 continue;
-            }
+            };
             let mut writer = DiffWriter::default();
             for delivery in deliveries {
-                if delivery.tick_seq <= from {
-                    // Merged from a tick the view had passed (it moved and
-                    // read the store after that tick was routed).
-                    continue;
-                }
-                let item = sub.view.update(
-                    delivery.collection,
-                    &delivery.id,
-                    delivery.feature.as_deref(),
-                    delivery.gone,
-                );
-                match item {
+                match sub.view.update(from, &delivery.change()) {
                     Some(Item::Upsert {
                         collection,
                         feature,
@@ -508,11 +526,16 @@ impl Session {
                         // hub diffed against; otherwise the whole feature.
                         let delta =
                             sub.deltas && previous.is_some() && previous == delivery.previous_seq();
-                        match delivery.variant(sub.precision, delta) {
-                            Some(json) => writer.upsert(collection, &json),
+                        // The common case borrows the tick's shared bytes.
+                        let shared = match (sub.precision, delta) {
+                            (None, false) => delivery.json.as_deref().map(Piece::Borrowed),
+                            _ => delivery.variant(sub.precision, delta).map(Piece::Shared),
+                        };
+                        match shared {
+                            Some(json) => writer.upsert(collection, json),
                             None => {
                                 let json = encode_feature(&self.hub, sub, collection, feature);
-                                writer.upsert(collection, &json);
+                                writer.upsert(collection, json);
                             }
                         }
                     }
@@ -547,18 +570,23 @@ impl Session {
         for (name, sub) in &mut self.subs {
             let from = sub.view.seq();
             let store = self.state.read();
-            let items = own(sub.view.catch_up(&store));
-            let to = sub.view.seq();
-            drop(store);
-            out.push(encode_items(
-                &self.hub,
-                DiffWriter::catch_up(),
-                sub,
-                name,
-                from,
-                to,
-                items,
-            ));
+            match sub.view.catch_up(&store).map(own) {
+                Some(items) => {
+                    let to = sub.view.seq();
+                    drop(store);
+                    out.push(encode_items(
+                        &self.hub,
+                        DiffWriter::catch_up(),
+                        sub,
+                        name,
+                        from,
+                        to,
+                        items,
+                    ));
+                }
+                // Fell behind further than the change log reaches.
+                None => out.push(resync(&self.hub, &self.state, store, sub, name)),
+            }
         }
         out
     }
@@ -724,6 +752,35 @@ fn check_bbox(bbox: [f64; 4]) -> Result<Rect<f64>, String> {
     ))
 }
 
+/// A fresh `snapshot` marked `resync`, for a subscription whose client
+/// state can no longer be diffed.
+fn resync(
+    hub: &Hub,
+    state: &StateHandle,
+    store: std::sync::RwLockReadGuard<'_, beeld_layers::Store>,
+    sub: &mut Subscription,
+    name: &str,
+) -> Outgoing {
+    let features: Vec<(Collection, Feature)> = sub
+        .view
+        .snapshot(&store)
+        .into_iter()
+        .map(|(c, f)| (c, f.clone()))
+        .collect();
+    drop(store);
+    let seq = sub.view.seq();
+    let collections = sub.view.viewport().collections.clone();
+    encode_snapshot(
+        hub,
+        sub,
+        name,
+        (state.epoch(), seq),
+        true,
+        &collections,
+        &features,
+    )
+}
+
 fn encode_snapshot(
     hub: &Hub,
     sub: &mut Subscription,
@@ -765,7 +822,7 @@ fn encode_items(
         match item {
             Owned::Upsert(collection, feature) => {
                 let json = encode_feature(hub, sub, collection, &feature);
-                writer.upsert(collection, &json);
+                writer.upsert(collection, json);
             }
             Owned::Remove(collection, id, reason) => {
                 writer.remove(collection, &id, reason);

@@ -11,14 +11,27 @@ use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use axum::extract::State;
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 use futures_util::{SinkExt, StreamExt};
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use super::hub::Hub;
+use std::sync::atomic::AtomicBool;
+
+use tokio::sync::mpsc;
+
+use super::hub::{Hub, LiveConfig, Tick};
 use super::protocol::{self, Outgoing};
+use super::queued::QueuedWrites;
 use super::session::Session;
+use crate::problem::Problem;
 use crate::state::{StateHandle, now};
 
 /// Close codes (RFC 6455).
@@ -48,17 +61,20 @@ fn compress(json: &str) -> Option<Vec<u8>> {
 }
 
 /// `GET /ws[?compress=deflate-raw]`
+///
+/// The upgrade is done here rather than by axum's extractor so that the
+/// socket under tungstenite is a [`QueuedWrites`] (see there for why).
 pub async fn upgrade(
     State(state): State<StateHandle>,
     axum::extract::RawQuery(query): axum::extract::RawQuery,
-    ws: WebSocketUpgrade,
-) -> Result<Response, crate::problem::Problem> {
+    mut request: Request,
+) -> Result<Response, Problem> {
     let mut framing = Framing::Text;
     for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
         match (key.as_ref(), value.as_ref()) {
             ("compress", "deflate-raw") => framing = Framing::DeflateRaw,
             ("compress", other) => {
-                return Err(crate::problem::Problem::bad_request(
+                return Err(Problem::bad_request(
                     "invalid-parameter",
                     format!("compress={other} is not supported; use compress=deflate-raw"),
                 ));
@@ -66,15 +82,71 @@ pub async fn upgrade(
             _ => {}
         }
     }
+    let accept = handshake(request.headers())?;
     let hub = state.hub().clone();
     let limit = hub.config().max_message_bytes;
     // Small read buffer: an idle connection must stay cheap (BENCHMARKS.md).
-    Ok(ws
-        .max_message_size(limit)
-        .max_frame_size(limit)
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(limit))
+        .max_frame_size(Some(limit))
         .read_buffer_size(4096)
-        .write_buffer_size(0)
-        .on_upgrade(move |socket| serve(state, hub, socket, framing)))
+        .write_buffer_size(0);
+    let on_upgrade = hyper::upgrade::on(&mut request);
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let io = QueuedWrites::new(TokioIo::new(upgraded));
+                let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+                serve(state, hub, socket, framing).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, "websocket")
+        .header(header::SEC_WEBSOCKET_ACCEPT, accept)
+        .body(Body::empty())
+        .map_err(|e| Problem::internal(&e))
+}
+
+/// Checks an RFC 6455 opening handshake; returns `Sec-WebSocket-Accept`.
+fn handshake(headers: &HeaderMap) -> Result<String, Problem> {
+    let has_token = |name: header::HeaderName, token: &str| {
+        headers.get_all(name).iter().any(|v| {
+            v.to_str()
+                .unwrap_or_default()
+                .split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case(token))
+        })
+    };
+    if !has_token(header::UPGRADE, "websocket") || !has_token(header::CONNECTION, "upgrade") {
+        return Err(Problem::new(
+            StatusCode::UPGRADE_REQUIRED,
+            "websocket-required",
+            "WebSocket required",
+            "/ws speaks the live protocol over WebSocket (docs/protocol.md); tools without \
+             WebSocket can use /events (Server-Sent Events)",
+        )
+        .with_header(header::UPGRADE, "websocket"));
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_none_or(|v| v.as_bytes() != b"13")
+    {
+        return Err(Problem::new(
+            StatusCode::UPGRADE_REQUIRED,
+            "websocket-version",
+            "Unsupported WebSocket version",
+            "only WebSocket version 13 (RFC 6455) is supported",
+        )
+        .with_header(header::SEC_WEBSOCKET_VERSION, "13"));
+    }
+    let key = headers.get(header::SEC_WEBSOCKET_KEY).ok_or_else(|| {
+        Problem::bad_request("websocket-key", "the Sec-WebSocket-Key header is missing")
+    })?;
+    Ok(derive_accept_key(key.as_bytes()))
 }
 
 /// A token bucket for inbound messages.
@@ -100,7 +172,10 @@ impl Bucket {
     }
 }
 
-async fn serve(state: StateHandle, hub: Hub, socket: WebSocket, framing: Framing) {
+/// The socket of one connection.
+type Socket = WebSocketStream<QueuedWrites<TokioIo<hyper::upgrade::Upgraded>>>;
+
+async fn serve(state: StateHandle, hub: Hub, socket: Socket, framing: Framing) {
     let config = hub.config().clone();
     let (conn, mut ticks, lagging) = hub.register();
     let mut session = Session::new(state.clone(), hub.clone(), conn);
@@ -127,7 +202,14 @@ async fn serve(state: StateHandle, hub: Hub, socket: WebSocket, framing: Framing
                 Some(Ok(Message::Text(text))) => {
                     last_heard = Instant::now();
                     if bucket.take() {
-                        session.handle_text(text.as_str())
+                        // Ticks routed before this message first, so that a
+                        // viewport move diffs from what the client has.
+                        let mut out = match take_ticks(&mut session, &mut ticks, &lagging, &mut catch_ups, &config) {
+                            Ok(out) => out,
+                            Err(reason) => break Some((POLICY, reason)),
+                        };
+                        out.extend(session.handle_text(text.as_str()));
+                        out
                     } else {
                         rejected += 1;
                         if rejected > 10 * config.messages_per_second {
@@ -140,28 +222,20 @@ async fn serve(state: StateHandle, hub: Hub, socket: WebSocket, framing: Framing
                     last_heard = Instant::now();
                     vec![protocol::error("bad_message", "binary frames are not part of the protocol; send JSON text", None)]
                 }
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {
                     last_heard = Instant::now();
                     Vec::new()
                 }
                 Some(Ok(Message::Close(_))) | None => break None,
-                Some(Err(e)) => {
-                    let text = e.to_string();
-                    if text.contains("too long") || text.contains("too big") || text.contains("Space limit") {
-                        break Some((TOO_BIG, format!("message larger than {} bytes", config.max_message_bytes)));
-                    }
-                    break None;
+                Some(Err(WsError::Capacity(_))) => {
+                    break Some((TOO_BIG, format!("message larger than {} bytes", config.max_message_bytes)));
                 }
+                Some(Err(_)) => break None,
             },
-            Some(mut tick) = ticks.recv() => {
-                tick.absorb_queued(&mut ticks);
-                if lagging.swap(false, Ordering::Relaxed) {
-                    match catch_up(&mut session, &mut ticks, &mut catch_ups, config.max_resyncs_per_minute) {
-                        Ok(out) => out,
-                        Err(reason) => break Some((POLICY, reason)),
-                    }
-                } else {
-                    session.handle_tick(&tick)
+            Some(tick) = ticks.recv() => {
+                match handle_ticks(tick, &mut session, &mut ticks, &lagging, &mut catch_ups, &config) {
+                    Ok(out) => out,
+                    Err(reason) => break Some((POLICY, reason)),
                 }
             }
             _ = heartbeat.tick() => {
@@ -224,13 +298,65 @@ async fn serve(state: StateHandle, hub: Hub, socket: WebSocket, framing: Framing
     if let Some((code, reason)) = close {
         tracing::info!(conn, code, %reason, "closing websocket");
         let frame = CloseFrame {
-            code,
+            code: CloseCode::from(code),
             reason: reason.into(),
         };
         let _ = tokio::time::timeout(config.write_timeout, sink.send(Message::Close(Some(frame))))
             .await;
     }
     tracing::debug!(conn, "websocket disconnected");
+}
+
+/// Takes `tick` and every tick queued behind it as one, or the catch-up
+/// when ticks were dropped.
+fn handle_ticks(
+    mut tick: Tick,
+    session: &mut Session,
+    ticks: &mut mpsc::Receiver<Tick>,
+    lagging: &AtomicBool,
+    catch_ups: &mut VecDeque<Instant>,
+    config: &LiveConfig,
+) -> Result<Vec<Outgoing>, String> {
+    tick.absorb_queued(ticks);
+    if lagging.swap(false, Ordering::Relaxed) {
+        catch_up(session, ticks, catch_ups, config.max_resyncs_per_minute)
+    } else {
+        Ok(session.handle_tick(&tick))
+    }
+}
+
+/// Brings the session up to everything the hub has routed: the queued
+/// ticks (or a catch-up), and then, as nothing routed is pending, every
+/// subscription to the hub's last routed seq.
+fn take_ticks(
+    session: &mut Session,
+    ticks: &mut mpsc::Receiver<Tick>,
+    lagging: &AtomicBool,
+    catch_ups: &mut VecDeque<Instant>,
+    config: &LiveConfig,
+) -> Result<Vec<Outgoing>, String> {
+    let mut out = Vec::new();
+    loop {
+        // Read before the queue: every send of that tick happened before.
+        let routed = session.routed();
+        match ticks.try_recv() {
+            Ok(tick) => out.extend(handle_ticks(
+                tick, session, ticks, lagging, catch_ups, config,
+            )?),
+            Err(_) if lagging.swap(false, Ordering::Relaxed) => {
+                out.extend(catch_up(
+                    session,
+                    ticks,
+                    catch_ups,
+                    config.max_resyncs_per_minute,
+                )?);
+            }
+            Err(_) => {
+                session.quiet_until(routed);
+                return Ok(out);
+            }
+        }
+    }
 }
 
 /// Drops queued ticks and sends the collapsed catch-up, unless the client
