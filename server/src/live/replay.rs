@@ -239,7 +239,7 @@ async fn run(
                     beeld_layers::view::Before::Was,
                 ),
             };
-            match view.update(from_seq, &change) {
+            match view.update(from_seq, &change, false) {
                 Some(Item::Upsert {
                     collection,
                     feature,

@@ -516,7 +516,7 @@ impl Session {
             };
             let mut writer = DiffWriter::default();
             for delivery in deliveries {
-                match sub.view.update(from, &delivery.change()) {
+                match sub.view.update(from, &delivery.change(), sub.deltas) {
                     Some(Item::Upsert {
                         collection,
                         feature,
