@@ -13,9 +13,10 @@
 //! [`crate::run`], which stops it through [`Hub::stop`] at shutdown.
 
 use hashbrown::HashMap;
+use std::borrow::Cow;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use beeld_layers::change::union;
@@ -130,43 +131,48 @@ pub struct Delivery {
     /// made by the first connection that needs one and shared with the rest.
     /// Without this every delta subscriber re-encoded and re-parsed every
     /// feature it received, which made the low-bandwidth option the most
-    /// expensive one on the server.
-    variants: Mutex<Vec<(Precision, bool, Arc<str>)>>,
+    /// expensive one on the server. One slot per option, set once, so that
+    /// the connections that follow read without a lock (a `Mutex` here cost
+    /// about 0.25 µs per delivery with 1,000 clients); the table itself is
+    /// only allocated when some connection asks.
+    variants: OnceLock<Box<[OnceLock<Box<str>>; VARIANTS]>>,
 }
+
+/// Coordinate precisions 0–15 and full, each whole or as a delta.
+const VARIANTS: usize = 2 * (MAX_PRECISION as usize + 2);
+
+/// The most decimals a subscription may ask for.
+pub const MAX_PRECISION: u8 = 15;
 
 impl Delivery {
     /// The feature at `precision`, as a delta from `previous` when `delta`,
     /// encoded once per tick for every connection that asks the same.
-    pub fn variant(&self, precision: Precision, delta: bool) -> Option<Arc<str>> {
+    pub fn variant(&self, precision: Precision, delta: bool) -> Option<Cow<'_, str>> {
         let feature = self.feature.as_deref()?;
         if precision.is_none() && !delta {
-            return self.json.clone();
+            return self.json.as_deref().map(Cow::Borrowed);
         }
-        let base = if delta {
-            self.previous.as_deref()
-        } else {
-            None
-        };
-        let mut variants = self
-            .variants
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some((_, _, json)) = variants
-            .iter()
-            .find(|(p, d, _)| *p == precision && *d == delta)
-        {
-            return Some(Arc::clone(json));
-        }
-        let json: Arc<str> = match base {
-            Some(base) => encode_delta(base, feature, precision).into(),
-            None => {
-                let mut json = String::with_capacity(320);
-                push_feature_with(&mut json, feature, precision);
-                json.into()
+        let encode = || -> Box<str> {
+            match self.previous.as_deref().filter(|_| delta) {
+                Some(base) => encode_delta(base, feature, precision).into(),
+                None => {
+                    let mut json = String::with_capacity(320);
+                    push_feature_with(&mut json, feature, precision);
+                    json.into()
+                }
             }
         };
-        variants.push((precision, delta, Arc::clone(&json)));
-        Some(json)
+        let digits = match precision {
+            Some(p) if p > MAX_PRECISION => return Some(Cow::Owned(encode().into())),
+            Some(p) => usize::from(p),
+            None => usize::from(MAX_PRECISION) + 1,
+        };
+        let table = self
+            .variants
+            .get_or_init(|| Box::new(std::array::from_fn(|_| OnceLock::new())));
+        Some(Cow::Borrowed(
+            table[2 * digits + usize::from(delta)].get_or_init(encode),
+        ))
     }
 
     /// The seq of the version [`Delivery::variant`] diffs against.
@@ -673,7 +679,7 @@ impl Hub {
                             previous: None,
                             gone,
                             json: None,
-                            variants: Mutex::new(Vec::new()),
+                            variants: OnceLock::new(),
                         },
                     )
                 })
@@ -854,7 +860,7 @@ mod tests {
             previous: Some(Arc::new(previous)),
             gone: RemoveReason::Deleted,
             json: Some(json.into()),
-            variants: Mutex::new(Vec::new()),
+            variants: OnceLock::new(),
         }
     }
 
@@ -863,7 +869,10 @@ mod tests {
         let d = delivery(unit(5.1, "available", 7), unit(5.1, "en_route", 9));
         let first = d.variant(Some(6), true).expect("delta");
         let second = d.variant(Some(6), true).expect("delta");
-        assert!(Arc::ptr_eq(&first, &second), "second client reuses it");
+        assert!(
+            std::ptr::eq(first.as_ptr(), second.as_ptr()),
+            "second client reuses it"
+        );
         let delta: Value = serde_json::from_str(&first).expect("json");
         assert_eq!(delta["delta"], true);
         assert!(delta.get("geometry").is_none(), "did not move: {delta}");
@@ -875,7 +884,10 @@ mod tests {
         let whole = d.variant(Some(6), false).expect("whole");
         assert!(whole.contains("\"type\":\"Feature\""), "{whole}");
         let full = d.variant(None, false).expect("full");
-        assert!(Arc::ptr_eq(&full, d.json.as_ref().expect("json")));
+        assert!(std::ptr::eq(
+            full.as_ptr(),
+            d.json.as_ref().expect("json").as_ptr()
+        ));
     }
 
     fn tick(seq: u64, deliveries: &[(&str, u64)]) -> Tick {

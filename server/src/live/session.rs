@@ -7,6 +7,7 @@
 //! briefly, clone what they need and encode after releasing it.
 
 use hashbrown::HashMap;
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use beeld_layers::view::{Item, RemoveReason, View, Viewport};
@@ -314,7 +315,7 @@ impl Session {
                 "collections must name at least one collection".to_owned(),
             );
         }
-        if precision.is_some_and(|p| p > 15) {
+        if precision.is_some_and(|p| p > super::hub::MAX_PRECISION) {
             return fail(
                 "bad_subscription",
                 "precision must be 0-15 decimals".to_owned(),
@@ -529,7 +530,12 @@ impl Session {
                         // The common case borrows the tick's shared bytes.
                         let shared = match (sub.precision, delta) {
                             (None, false) => delivery.json.as_deref().map(Piece::Borrowed),
-                            _ => delivery.variant(sub.precision, delta).map(Piece::Shared),
+                            _ => delivery
+                                .variant(sub.precision, delta)
+                                .map(|json| match json {
+                                    Cow::Borrowed(json) => Piece::Borrowed(json),
+                                    Cow::Owned(json) => Piece::Owned(json),
+                                }),
                         };
                         match shared {
                             Some(json) => writer.upsert(collection, json),
