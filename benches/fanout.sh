@@ -5,6 +5,9 @@
 #
 #   benches/fanout.sh [SECONDS]
 #
+# BEELD_BIN=path runs another build of the server (to compare two builds,
+# alternate them run by run: the VM's speed drifts over an hour).
+#
 # Prints one block per scenario; BENCHMARKS.md records them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +21,7 @@ port=18190
 run() {
   local label=$1 server_flags=$2 load_flags=$3
   local data; data=$(mktemp -d)
-  "$bin/beeld" serve --listen 127.0.0.1:$port --data-dir "$data" \
+  "${BEELD_BIN:-$bin/beeld}" serve --listen 127.0.0.1:$port --data-dir "$data" \
     --feed-token "bench=$token" $server_flags >/tmp/beeld-fanout-server.log 2>&1 &
   local pid=$!
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
