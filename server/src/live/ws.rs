@@ -19,10 +19,8 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::frame::Frame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
@@ -32,7 +30,7 @@ use tokio::sync::mpsc;
 
 use super::hub::{Hub, LiveConfig, Tick};
 use super::protocol::{self, Outgoing};
-use super::queued::QueuedWrites;
+use super::queued::{Opcode, Shared};
 use super::session::Session;
 use crate::problem::Problem;
 use crate::state::{StateHandle, now};
@@ -65,8 +63,8 @@ fn compress(json: &str) -> Option<Vec<u8>> {
 
 /// `GET /ws[?compress=deflate-raw]`
 ///
-/// The upgrade is done here rather than by axum's extractor so that the
-/// socket under tungstenite is a [`QueuedWrites`] (see there for why).
+/// The upgrade is done here rather than by axum's extractor so that data
+/// frames can be written past tungstenite (`live::queued` says why).
 pub async fn upgrade(
     State(state): State<StateHandle>,
     axum::extract::RawQuery(query): axum::extract::RawQuery,
@@ -98,9 +96,11 @@ pub async fn upgrade(
     tokio::spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
-                let io = QueuedWrites::new(TokioIo::new(upgraded));
-                let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
-                serve(state, hub, socket, framing).await;
+                let writer = Shared::new(TokioIo::new(upgraded));
+                let socket =
+                    WebSocketStream::from_raw_socket(writer.clone(), Role::Server, Some(config))
+                        .await;
+                serve(state, hub, socket, writer, framing).await;
             }
             Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
         }
@@ -152,47 +152,6 @@ fn handshake(headers: &HeaderMap) -> Result<String, Problem> {
     Ok(derive_accept_key(key.as_bytes()))
 }
 
-/// Largest frame the server writes. A longer message goes out as fragments
-/// (RFC 6455 section 5.4), which every WebSocket client reassembles:
-/// tungstenite keeps its write buffer's capacity for the connection's
-/// life, and whole frames made every connection hold a buffer the size of
-/// its largest snapshot (1.7 GiB for 1,000 clients in the fan-out
-/// benchmark).
-const FRAGMENT: usize = 256 * 1024;
-
-/// `data` as one frame, or as fragments of at most [`FRAGMENT`] bytes cut
-/// at UTF-8 character boundaries.
-fn fragments(data: Bytes, kind: Data) -> Vec<Message> {
-    if data.len() <= FRAGMENT {
-        return vec![match kind {
-            Data::Text => match Utf8Bytes::try_from(data) {
-                Ok(text) => Message::Text(text),
-                Err(_) => return Vec::new(),
-            },
-            _ => Message::Binary(data),
-        }];
-    }
-    let mut frames = Vec::with_capacity(data.len() / FRAGMENT + 1);
-    let mut start = 0;
-    while start < data.len() {
-        let mut end = (start + FRAGMENT).min(data.len());
-        if kind == Data::Text {
-            // Continuation bytes of UTF-8 are 0b10xx_xxxx.
-            while end < data.len() && data[end] & 0xC0 == 0x80 {
-                end -= 1;
-            }
-        }
-        let opcode = if start == 0 { kind } else { Data::Continue };
-        frames.push(Message::Frame(Frame::message(
-            data.slice(start..end),
-            OpCode::Data(opcode),
-            end == data.len(),
-        )));
-        start = end;
-    }
-    frames
-}
-
 /// A token bucket for inbound messages.
 struct Bucket {
     tokens: f64,
@@ -217,9 +176,15 @@ impl Bucket {
 }
 
 /// The socket of one connection.
-type Socket = WebSocketStream<QueuedWrites<TokioIo<hyper::upgrade::Upgraded>>>;
+type Io = TokioIo<hyper::upgrade::Upgraded>;
 
-async fn serve(state: StateHandle, hub: Hub, socket: Socket, framing: Framing) {
+async fn serve(
+    state: StateHandle,
+    hub: Hub,
+    socket: WebSocketStream<Shared<Io>>,
+    writer: Shared<Io>,
+    framing: Framing,
+) {
     let config = hub.config().clone();
     let (conn, mut ticks, lagging) = hub.register();
     let mut session = Session::new(state.clone(), hub.clone(), conn);
@@ -311,20 +276,20 @@ async fn serve(state: StateHandle, hub: Hub, socket: Socket, framing: Framing) {
             continue;
         }
         // One flush per batch of messages: a tick is one write.
+        // Data frames go past tungstenite (see `queued`); one flush per
+        // batch of messages: a tick is one write.
         let write = async {
             for message in out {
-                let (data, kind) = match framing {
-                    Framing::Text => (Bytes::from(message.json), Data::Text),
+                let (data, opcode) = match framing {
+                    Framing::Text => (Bytes::from(message.json), Opcode::Text),
                     Framing::DeflateRaw => match compress(&message.json) {
-                        Some(bytes) => (Bytes::from(bytes), Data::Binary),
-                        None => (Bytes::from(message.json), Data::Text),
+                        Some(bytes) => (Bytes::from(bytes), Opcode::Binary),
+                        None => (Bytes::from(message.json), Opcode::Text),
                     },
                 };
-                for frame in fragments(data, kind) {
-                    sink.feed(frame).await?;
-                }
+                writer.send(opcode, data).await?;
             }
-            sink.flush().await
+            writer.flush().await
         };
         match tokio::time::timeout(config.write_timeout, write).await {
             Ok(Ok(())) => {}
@@ -433,32 +398,4 @@ pub(super) fn catch_up(
         "client fell behind; catching up"
     );
     Ok(session.catch_up())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn long_messages_are_fragmented_at_character_boundaries() {
-        let text = "é".repeat(FRAGMENT); // two bytes each
-        let frames = fragments(Bytes::from(text.clone()), Data::Text);
-        assert!(frames.len() >= 2);
-        let mut joined = Vec::new();
-        for (i, message) in frames.iter().enumerate() {
-            let Message::Frame(frame) = message else {
-                panic!("a long message goes out as frames");
-            };
-            let header = frame.header();
-            let expected = if i == 0 { Data::Text } else { Data::Continue };
-            assert_eq!(header.opcode, OpCode::Data(expected));
-            assert_eq!(header.is_final, i == frames.len() - 1);
-            assert!(frame.payload().len() <= FRAGMENT);
-            std::str::from_utf8(frame.payload()).expect("each fragment is whole characters");
-            joined.extend_from_slice(frame.payload());
-        }
-        assert_eq!(joined, text.as_bytes());
-        let short = fragments(Bytes::from_static(b"{}"), Data::Text);
-        assert!(matches!(&short[..], [Message::Text(t)] if t.as_str() == "{}"));
-    }
 }
