@@ -1085,3 +1085,35 @@ async fn a_since_from_another_history_gets_a_resync_not_a_wrong_diff() {
     assert_eq!(heartbeat["epoch"], answer["epoch"]);
     server.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_plain_request_to_ws_gets_a_problem_naming_the_alternatives() {
+    let server = TestServer::start().await;
+    let r = server.http.get(server.url("/ws")).send().await.unwrap();
+    assert_eq!(r.status(), 426);
+    assert_eq!(r.headers()["upgrade"], "websocket");
+    assert_eq!(
+        r.headers()["content-type"],
+        "application/problem+json",
+        "RFC 9457"
+    );
+    let problem: Value = r.json().await.unwrap();
+    assert!(
+        problem["detail"].as_str().unwrap().contains("/events"),
+        "{problem}"
+    );
+    // A WebSocket request of another version is refused with the one we speak.
+    let r = server
+        .http
+        .get(server.url("/ws"))
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "8")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 426);
+    assert_eq!(r.headers()["sec-websocket-version"], "13");
+    server.stop().await.unwrap();
+}
