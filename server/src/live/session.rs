@@ -368,25 +368,7 @@ impl Session {
                 drop(store);
                 encode_diff(&self.hub, &mut sub, &id, Seq(since), seq, items)
             }
-            None => {
-                let features: Vec<(Collection, Feature)> = sub
-                    .view
-                    .snapshot(&store)
-                    .into_iter()
-                    .map(|(c, f)| (c, f.clone()))
-                    .collect();
-                let seq = sub.view.seq();
-                drop(store);
-                encode_snapshot(
-                    &self.hub,
-                    &mut sub,
-                    &id,
-                    (self.state.epoch(), seq),
-                    resync,
-                    &parsed,
-                    &features,
-                )
-            }
+            None => fresh_snapshot(&self.hub, &self.state, store, &mut sub, &id, resync),
         };
         self.names.insert(key, id.clone());
         self.subs.insert(id, sub);
@@ -434,7 +416,10 @@ impl Session {
             // holds: it gets the new viewport whole.
             None => {
                 let aggregates = aggregate_changes(&store, sub, id, true);
-                (resync(&self.hub, &self.state, store, sub, id), aggregates)
+                (
+                    fresh_snapshot(&self.hub, &self.state, store, sub, id, true),
+                    aggregates,
+                )
             }
         };
         let (snapshot, aggregates) = message;
@@ -591,7 +576,14 @@ impl Session {
                     ));
                 }
                 // Fell behind further than the change log reaches.
-                None => out.push(resync(&self.hub, &self.state, store, sub, name)),
+                None => out.push(fresh_snapshot(
+                    &self.hub,
+                    &self.state,
+                    store,
+                    sub,
+                    name,
+                    true,
+                )),
             }
         }
         out
@@ -758,14 +750,16 @@ fn check_bbox(bbox: [f64; 4]) -> Result<Rect<f64>, String> {
     ))
 }
 
-/// A fresh `snapshot` marked `resync`, for a subscription whose client
-/// state can no longer be diffed.
-fn resync(
+/// A fresh `snapshot` of the subscription's viewport; `resync` marks one
+/// that replaces a state the client held but that can no longer be diffed.
+/// The features are cloned and the store lock released before encoding.
+fn fresh_snapshot(
     hub: &Hub,
     state: &StateHandle,
     store: std::sync::RwLockReadGuard<'_, beeld_layers::Store>,
     sub: &mut Subscription,
     name: &str,
+    resync: bool,
 ) -> Outgoing {
     let features: Vec<(Collection, Feature)> = sub
         .view
@@ -781,7 +775,7 @@ fn resync(
         sub,
         name,
         (state.epoch(), seq),
-        true,
+        resync,
         &collections,
         &features,
     )

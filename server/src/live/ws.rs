@@ -24,11 +24,12 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
+use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use tokio::sync::mpsc;
 
-use super::hub::{Hub, LiveConfig, Tick};
+use super::hub::{Hub, Tick};
 use super::protocol::{self, Outgoing};
 use super::queued::{Opcode, Shared};
 use super::session::Session;
@@ -186,7 +187,13 @@ async fn serve(
     framing: Framing,
 ) {
     let config = hub.config().clone();
-    let (conn, mut ticks, lagging) = hub.register();
+    let (conn, ticks, lagging) = hub.register();
+    let mut inbox = Inbox {
+        ticks,
+        lagging,
+        catch_ups: VecDeque::new(),
+        max_resyncs_per_minute: config.max_resyncs_per_minute,
+    };
     let mut session = Session::new(state.clone(), hub.clone(), conn);
     let mut replays = session.take_replay_messages();
     let (mut sink, mut stream) = socket.split();
@@ -202,7 +209,6 @@ async fn serve(
         at: Instant::now(),
     };
     let mut rejected = 0u32;
-    let mut catch_ups: VecDeque<Instant> = VecDeque::new();
     tracing::debug!(conn, "websocket connected");
 
     let close: Option<(u16, String)> = loop {
@@ -213,7 +219,7 @@ async fn serve(
                     if bucket.take() {
                         // Ticks routed before this message first, so that a
                         // viewport move diffs from what the client has.
-                        let mut out = match take_ticks(&mut session, &mut ticks, &lagging, &mut catch_ups, &config) {
+                        let mut out = match inbox.take_all(&mut session) {
                             Ok(out) => out,
                             Err(reason) => break Some((POLICY, reason)),
                         };
@@ -241,8 +247,8 @@ async fn serve(
                 }
                 Some(Err(_)) => break None,
             },
-            Some(tick) = ticks.recv() => {
-                match handle_ticks(tick, &mut session, &mut ticks, &lagging, &mut catch_ups, &config) {
+            Some(tick) = inbox.ticks.recv() => {
+                match inbox.handle(tick, &mut session) {
                     Ok(out) => out,
                     Err(reason) => break Some((POLICY, reason)),
                 }
@@ -251,13 +257,10 @@ async fn serve(
                 if last_heard.elapsed() > 3 * config.heartbeat {
                     break Some((GOING_AWAY, "no message or pong for three heartbeats".to_owned()));
                 }
-                let mut out = Vec::new();
-                if lagging.swap(false, Ordering::Relaxed) {
-                    match catch_up(&mut session, &mut ticks, &mut catch_ups, config.max_resyncs_per_minute) {
-                        Ok(more) => out.extend(more),
-                        Err(reason) => break Some((POLICY, reason)),
-                    }
-                }
+                let mut out = match inbox.catch_up_if_lagging(&mut session) {
+                    Ok(out) => out,
+                    Err(reason) => break Some((POLICY, reason)),
+                };
                 if sink.send(Message::Ping(Vec::new().into())).await.is_err() {
                     break None;
                 }
@@ -318,53 +321,62 @@ async fn serve(
     tracing::debug!(conn, "websocket disconnected");
 }
 
-/// Takes `tick` and every tick queued behind it as one, or the catch-up
-/// when ticks were dropped.
-fn handle_ticks(
-    mut tick: Tick,
-    session: &mut Session,
-    ticks: &mut mpsc::Receiver<Tick>,
-    lagging: &AtomicBool,
-    catch_ups: &mut VecDeque<Instant>,
-    config: &LiveConfig,
-) -> Result<Vec<Outgoing>, String> {
-    tick.absorb_queued(ticks);
-    if lagging.swap(false, Ordering::Relaxed) {
-        catch_up(session, ticks, catch_ups, config.max_resyncs_per_minute)
-    } else {
-        Ok(session.handle_tick(&tick))
-    }
+/// What the hub routes to one connection: its tick queue, its lag flag,
+/// and the catch-ups it needed in the last minute.
+struct Inbox {
+    ticks: mpsc::Receiver<Tick>,
+    lagging: Arc<AtomicBool>,
+    catch_ups: VecDeque<Instant>,
+    max_resyncs_per_minute: usize,
 }
 
-/// Brings the session up to everything the hub has routed: the queued
-/// ticks (or a catch-up), and then, as nothing routed is pending, every
-/// subscription to the hub's last routed seq.
-fn take_ticks(
-    session: &mut Session,
-    ticks: &mut mpsc::Receiver<Tick>,
-    lagging: &AtomicBool,
-    catch_ups: &mut VecDeque<Instant>,
-    config: &LiveConfig,
-) -> Result<Vec<Outgoing>, String> {
-    let mut out = Vec::new();
-    loop {
-        // Read before the queue: every send of that tick happened before.
-        let routed = session.routed();
-        match ticks.try_recv() {
-            Ok(tick) => out.extend(handle_ticks(
-                tick, session, ticks, lagging, catch_ups, config,
-            )?),
-            Err(_) if lagging.swap(false, Ordering::Relaxed) => {
-                out.extend(catch_up(
-                    session,
-                    ticks,
-                    catch_ups,
-                    config.max_resyncs_per_minute,
-                )?);
-            }
-            Err(_) => {
-                session.quiet_until(routed);
-                return Ok(out);
+impl Inbox {
+    /// Takes `tick` and every tick queued behind it as one, or the catch-up
+    /// when ticks were dropped.
+    fn handle(&mut self, mut tick: Tick, session: &mut Session) -> Result<Vec<Outgoing>, String> {
+        tick.absorb_queued(&mut self.ticks);
+        if self.lagging.swap(false, Ordering::Relaxed) {
+            self.catch_up(session)
+        } else {
+            Ok(session.handle_tick(&tick))
+        }
+    }
+
+    /// The catch-up, when ticks were dropped.
+    fn catch_up_if_lagging(&mut self, session: &mut Session) -> Result<Vec<Outgoing>, String> {
+        if self.lagging.swap(false, Ordering::Relaxed) {
+            self.catch_up(session)
+        } else {
+            Ok(Vec::new())
+        }
+    }
+
+    fn catch_up(&mut self, session: &mut Session) -> Result<Vec<Outgoing>, String> {
+        catch_up(
+            session,
+            &mut self.ticks,
+            &mut self.catch_ups,
+            self.max_resyncs_per_minute,
+        )
+    }
+
+    /// Brings the session up to everything the hub has routed: the queued
+    /// ticks (or a catch-up), and then, as nothing routed is pending, every
+    /// subscription to the hub's last routed seq.
+    fn take_all(&mut self, session: &mut Session) -> Result<Vec<Outgoing>, String> {
+        let mut out = Vec::new();
+        loop {
+            // Read before the queue: every send of that tick happened before.
+            let routed = session.routed();
+            match self.ticks.try_recv() {
+                Ok(tick) => out.extend(self.handle(tick, session)?),
+                Err(_) if self.lagging.load(Ordering::Relaxed) => {
+                    out.extend(self.catch_up_if_lagging(session)?);
+                }
+                Err(_) => {
+                    session.quiet_until(routed);
+                    return Ok(out);
+                }
             }
         }
     }
