@@ -27,7 +27,8 @@
 //! remove of an id it lacks, change nothing), which is also what makes
 //! resume and over-delivery safe.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 
 use geo::{Intersects, Rect};
 
@@ -339,47 +340,46 @@ impl View {
         // is shown gets its current version. Their first record after
         // `from` touched their box at `from`, so a feature the client holds
         // always has a record that concerns the old viewport.
-        let mut changed: Vec<(Collection, FeatureId, RemoveReason, bool)> = Vec::new();
+        // Per feature, in the order first seen: the removal reason of its
+        // last record, and whether any record concerned the old viewport.
+        let mut changed: HashMap<(Collection, FeatureId), (RemoveReason, bool)> = HashMap::new();
+        let mut order: Vec<(Collection, FeatureId)> = Vec::new();
         for record in store.log().since(from)? {
             let was = old.may_concern(record.collection, &record.touched);
-            if was || new.may_concern(record.collection, &record.touched) {
-                changed.push((
-                    record.collection,
-                    std::sync::Arc::clone(&record.id),
-                    RemoveReason::gone(&record.cause),
-                    was,
-                ));
-            }
-        }
-        // The last record of each feature gives its removal reason; any of
-        // them may say it concerned the old viewport.
-        let mut items = Vec::new();
-        let mut seen: HashSet<(Collection, FeatureId)> = HashSet::new();
-        let mut maybe_held: HashSet<(Collection, FeatureId)> = HashSet::new();
-        for (collection, id, _, was) in &changed {
-            if *was {
-                maybe_held.insert((*collection, std::sync::Arc::clone(id)));
-            }
-        }
-        for (collection, id, gone, _) in changed.into_iter().rev() {
-            if !seen.insert((collection, std::sync::Arc::clone(&id))) {
+            if !was && !new.may_concern(record.collection, &record.touched) {
                 continue;
             }
+            let gone = RemoveReason::gone(&record.cause);
+            match changed.entry((record.collection, std::sync::Arc::clone(&record.id))) {
+                Entry::Occupied(mut entry) => {
+                    let (reason, maybe_held) = entry.get_mut();
+                    *reason = gone;
+                    *maybe_held |= was;
+                }
+                Entry::Vacant(entry) => {
+                    order.push(entry.key().clone());
+                    entry.insert((gone, was));
+                }
+            }
+        }
+        let mut items = Vec::new();
+        for key in order {
+            let Some(&(gone, maybe_held)) = changed.get(&key) else {
+                continue;
+            };
+            let (collection, id) = key;
             match store.get(collection, &id) {
                 Some(feature) if new.shows(collection, feature) => items.push(Item::Upsert {
                     collection,
                     feature,
                     previous: None,
                 }),
-                current => {
-                    if maybe_held.contains(&(collection, std::sync::Arc::clone(&id))) {
-                        items.push(Item::Remove {
-                            collection,
-                            reason: new.reason(current, gone),
-                            id,
-                        });
-                    }
-                }
+                current if maybe_held => items.push(Item::Remove {
+                    collection,
+                    reason: new.reason(current, gone),
+                    id,
+                }),
+                _ => {}
             }
         }
         // Features unchanged since `from` are held exactly where the old

@@ -111,13 +111,9 @@ pub struct Delivery {
     pub feature: Option<Arc<Feature>>,
     /// The seq of the first change after `previous`: `previous` is the
     /// feature's state from its own seq up to this one. The first change
-    /// the tick covers, unless `previous` is from within the tick.
+    /// the tick covers, unless `previous` is from within the tick
+    /// (`first_change_after`).
     pub first: Seq,
-    /// The seq of the second change this delivery covers (`first` when
-    /// only one).
-    pub second: Seq,
-    /// The seq of the last change this delivery covers.
-    pub last: Seq,
     /// The newest version the hub knew before this tick (routed, or
     /// encoded for a snapshot since): the feature's state just before
     /// `first` when older than it, and so what every client that kept up
@@ -290,7 +286,7 @@ impl Tick {
         {
             for (key, delivery) in tick {
                 let at = items.len();
-                let hash = delivery.id_hash ^ u64::from(key).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                let hash = merge_hash(key, &delivery);
                 let same = |i: &usize| {
                     items[*i].as_ref().is_some_and(|(k, d)| {
                         *k == key && d.collection == delivery.collection && d.id == delivery.id
@@ -302,11 +298,8 @@ impl Tick {
                         *earlier = at;
                     }
                     None => {
-                        let rehash = |i: &usize| {
-                            items[*i].as_ref().map_or(0, |(k, d)| {
-                                d.id_hash ^ u64::from(*k).wrapping_mul(0x9E37_79B9_7F4A_7C15)
-                            })
-                        };
+                        let rehash =
+                            |i: &usize| items[*i].as_ref().map_or(0, |(k, d)| merge_hash(*k, d));
                         latest.insert_unique(hash, at, rehash);
                     }
                 }
@@ -320,6 +313,11 @@ impl Tick {
         }
         n
     }
+}
+
+/// The key of a delivery to one subscription when queued ticks merge.
+fn merge_hash(key: u32, delivery: &Delivery) -> u64 {
+    delivery.id_hash ^ u64::from(key).wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
 struct Conn {
@@ -661,21 +659,20 @@ impl Hub {
                     })
                     .or_insert((record.touched, gone, [record.seq; 3]));
             }
-            let pending: Vec<(Rect<f64>, Delivery)> = touched
+            let pending: Vec<(Rect<f64>, [Seq; 3], Delivery)> = touched
                 .into_iter()
-                .map(|((collection, id), (bbox, gone, [first, second, last]))| {
+                .map(|((collection, id), (bbox, gone, seqs))| {
                     let feature = store.get(collection, &id).cloned().map(Arc::new);
                     (
                         bbox,
+                        seqs,
                         Delivery {
                             id_hash: self.inner.hasher.hash_one((collection, &*id)),
                             collection,
                             id,
                             tick_seq: seq,
                             feature,
-                            first,
-                            second,
-                            last,
+                            first: seqs[0],
                             previous: None,
                             gone,
                             json: None,
@@ -687,7 +684,7 @@ impl Hub {
             (seq, pending, events, newest_event)
         };
         // Encode once, outside the store lock, and keep the encodings.
-        for (_, delivery) in &mut pending {
+        for (_, _, delivery) in &mut pending {
             if let Some(feature) = &delivery.feature {
                 let mut json = String::with_capacity(320);
                 push_feature(&mut json, feature);
@@ -700,7 +697,7 @@ impl Hub {
                 .encodings
                 .write()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            for (_, delivery) in &mut pending {
+            for (_, seqs, delivery) in &mut pending {
                 let key = (delivery.collection, Arc::clone(&delivery.id));
                 let previous = match (&delivery.feature, &delivery.json) {
                     (Some(feature), Some(json)) => {
@@ -709,17 +706,14 @@ impl Hub {
                     _ => encodings.remove(&key),
                 };
                 delivery.previous = previous.map(|(feature, _)| feature);
-                delivery.first = first_change_after(
-                    delivery.previous_seq(),
-                    [delivery.first, delivery.second, delivery.last],
-                );
+                delivery.first = first_change_after(delivery.previous_seq(), *seqs);
             }
         }
         type Routed = (Vec<(u32, Arc<Delivery>)>, Vec<(u32, Arc<EventDelivery>)>);
         let mut per_conn: HashMap<ConnId, Routed> = HashMap::new();
         let router = self.router();
         let mut n_deliveries = 0u64;
-        for (bbox, delivery) in pending {
+        for (bbox, _, delivery) in pending {
             let delivery = Arc::new(delivery);
             let mut deliver = |key: RouteKey, route: &Route| {
                 if route.collections.contains(&delivery.collection) {
@@ -854,8 +848,6 @@ mod tests {
             id: "u1".into(),
             tick_seq: feature.seq,
             first: feature.seq,
-            second: feature.seq,
-            last: feature.seq,
             feature: Some(Arc::new(feature)),
             previous: Some(Arc::new(previous)),
             gone: RemoveReason::Deleted,

@@ -358,6 +358,15 @@ impl From<Arc<str>> for Piece<'_> {
     }
 }
 
+impl<'a> From<std::borrow::Cow<'a, str>> for Piece<'a> {
+    fn from(s: std::borrow::Cow<'a, str>) -> Self {
+        match s {
+            std::borrow::Cow::Borrowed(s) => Piece::Borrowed(s),
+            std::borrow::Cow::Owned(s) => Piece::Owned(s),
+        }
+    }
+}
+
 impl From<String> for Piece<'_> {
     fn from(s: String) -> Self {
         Piece::Owned(s)

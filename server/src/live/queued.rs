@@ -123,6 +123,14 @@ impl<S: AsyncWrite + Unpin> QueuedWrites<S> {
         Poll::Ready(Ok(()))
     }
 
+    /// Writes everything queued and flushes the socket.
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.drain(cx) {
+            Poll::Ready(Ok(())) => Pin::new(&mut self.inner).poll_flush(cx),
+            other => other,
+        }
+    }
+
     /// Writes `parts` whole and in order, or waits (`Pending`, leaving
     /// `parts` as they are) while the queue is over its limit. An empty
     /// queue always takes them, however large, so that any message goes
@@ -199,14 +207,7 @@ impl<S: AsyncWrite + Unpin> Shared<S> {
 
     /// Waits until everything queued is written to the socket.
     pub async fn flush(&self) -> io::Result<()> {
-        poll_fn(|cx| {
-            let mut queue = self.lock();
-            match queue.drain(cx) {
-                Poll::Ready(Ok(())) => Pin::new(&mut queue.inner).poll_flush(cx),
-                other => other,
-            }
-        })
-        .await
+        poll_fn(|cx| self.lock().poll_flush(cx)).await
     }
 }
 
@@ -226,11 +227,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Shared<S> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let mut queue = self.lock();
-        match queue.drain(cx) {
-            Poll::Ready(Ok(())) => Pin::new(&mut queue.inner).poll_flush(cx),
-            other => other,
-        }
+        self.lock().poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

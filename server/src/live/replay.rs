@@ -15,6 +15,7 @@ use beeld_layers::view::{Item, RemoveReason, View, Viewport};
 use beeld_layers::{Collection, Feature, Seq, StoreConfig, Timestamp};
 use geo::Rect;
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use tokio::sync::mpsc;
 
 use super::protocol::{self, DiffWriter, Outgoing, SnapshotWriter};
@@ -196,13 +197,11 @@ async fn run(
                 }
                 Change::Superseded(..) => continue,
             };
-            let key = (collection, std::sync::Arc::clone(&id));
-            match touched.get_mut(&key) {
-                Some(entry) => entry.2 = reason,
-                None => {
-                    let before = store.get(collection, &id).cloned();
-                    touched.insert(key.clone(), (before, seq, reason));
-                    order.push(key);
+            match touched.entry((collection, std::sync::Arc::clone(&id))) {
+                Entry::Occupied(mut entry) => entry.get_mut().2 = reason,
+                Entry::Vacant(entry) => {
+                    order.push(entry.key().clone());
+                    entry.insert((store.get(collection, &id).cloned(), seq, reason));
                 }
             }
             match change.change {

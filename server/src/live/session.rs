@@ -7,7 +7,6 @@
 //! briefly, clone what they need and encode after releasing it.
 
 use hashbrown::HashMap;
-use std::borrow::Cow;
 use std::sync::Arc;
 
 use beeld_layers::view::{Item, RemoveReason, View, Viewport};
@@ -15,7 +14,7 @@ use beeld_layers::{Collection, Feature, FeatureId, Seq};
 use geo::{Rect, coord};
 
 use super::hub::{ConnId, Hub, Tick};
-use super::protocol::{self, ClientMessage, DiffWriter, Outgoing, Piece, SnapshotWriter};
+use super::protocol::{self, ClientMessage, DiffWriter, Outgoing, SnapshotWriter};
 use crate::output::{Precision, push_feature_with};
 use crate::state::StateHandle;
 
@@ -403,27 +402,19 @@ impl Session {
         );
         let from = sub.view.seq();
         let store = self.state.read();
-        let message = match sub.view.move_to(&store, viewport).map(own) {
+        let moved = sub.view.move_to(&store, viewport).map(own);
+        let to = sub.view.seq();
+        let aggregates = aggregate_changes(&store, sub, id, true);
+        let message = match moved {
             Some(items) => {
-                let to = sub.view.seq();
-                let aggregates = aggregate_changes(&store, sub, id, true);
                 drop(store);
-                let mut out = vec![encode_diff(&self.hub, sub, id, from, to, items)];
-                out.extend(aggregates);
-                return out;
+                encode_diff(&self.hub, sub, id, from, to, items)
             }
             // The change log no longer reaches back to what the client
             // holds: it gets the new viewport whole.
-            None => {
-                let aggregates = aggregate_changes(&store, sub, id, true);
-                (
-                    fresh_snapshot(&self.hub, &self.state, store, sub, id, true),
-                    aggregates,
-                )
-            }
+            None => fresh_snapshot(&self.hub, &self.state, store, sub, id, true),
         };
-        let (snapshot, aggregates) = message;
-        let mut out = vec![snapshot];
+        let mut out = vec![message];
         out.extend(aggregates);
         out
     }
@@ -512,17 +503,8 @@ impl Session {
                         // hub diffed against; otherwise the whole feature.
                         let delta =
                             sub.deltas && previous.is_some() && previous == delivery.previous_seq();
-                        // The common case borrows the tick's shared bytes.
-                        let shared = match (sub.precision, delta) {
-                            (None, false) => delivery.json.as_deref().map(Piece::Borrowed),
-                            _ => delivery
-                                .variant(sub.precision, delta)
-                                .map(|json| match json {
-                                    Cow::Borrowed(json) => Piece::Borrowed(json),
-                                    Cow::Owned(json) => Piece::Owned(json),
-                                }),
-                        };
-                        match shared {
+                        // Borrows the tick's shared bytes.
+                        match delivery.variant(sub.precision, delta) {
                             Some(json) => writer.upsert(collection, json),
                             None => {
                                 let json = encode_feature(&self.hub, sub, collection, feature);
@@ -554,8 +536,9 @@ impl Session {
     }
 
     /// Brings a client that fell behind (its ticks were dropped) up to date
-    /// with one collapsed `diff` per subscription, marked `catch_up`: the
-    /// view knows what the client holds, so only what changed is sent.
+    /// with one collapsed `diff` per subscription, marked `catch_up`, of
+    /// what changed since the view's seq (from the change log); a `resync`
+    /// snapshot where the log no longer reaches back that far.
     pub fn catch_up(&mut self) -> Vec<Outgoing> {
         let mut out = Vec::new();
         for (name, sub) in &mut self.subs {

@@ -1,4 +1,6 @@
-//! `GET /ws`: the live protocol over WebSocket (axum on tokio-tungstenite).
+//! `GET /ws`: the live protocol over WebSocket (the RFC 6455 upgrade on
+//! axum, tokio-tungstenite for reading and control frames, data frames
+//! through [`super::queued`]).
 //!
 //! Per connection: inbound messages are size- and rate-limited; a bad
 //! message gets an `error` and the connection stays open. Every heartbeat
@@ -8,7 +10,8 @@
 //! closed with a reason saying so: slow clients never hold up others.
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use axum::body::Body;
@@ -18,16 +21,12 @@ use axum::response::Response;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use hyper_util::rt::TokioIo;
+use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
-
-use tokio::sync::mpsc;
 
 use super::hub::{Hub, Tick};
 use super::protocol::{self, Outgoing};
