@@ -12,6 +12,7 @@
 //! * [`Store`]: every feature with its R-tree and id map; applies a [`Batch`]
 //!   atomically and records each change in the [`ChangeLog`].
 //! * [`query`]: bbox / datetime / property filters and id-ordered paging.
+//! * [`zorder`]: Z-order cells, so a viewport finds a tick's changes in runs.
 //! * [`relate`]: relations kept current with every change: region and
 //!   municipality attribution, units in hazards, counts per region and H3
 //!   cell, nearest units, coverage rules, and their event log.
@@ -33,6 +34,7 @@ pub mod relate;
 pub mod store;
 pub mod time;
 pub mod view;
+pub mod zorder;
 
 pub use attrs::Attrs;
 pub use change::{ChangeCause, ChangeLog, ChangeOp, ChangeRecord, Seq};

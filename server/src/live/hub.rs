@@ -1,38 +1,35 @@
-//! The fan-out hub: routes each tick's changes to the connections whose
-//! viewports they touch.
+//! The fan-out hub: every tick, gathers the store's changes into one
+//! [`Batch`] and hands it to the connections it may concern.
 //!
-//! Routing is O(changes × log subscriptions + deliveries), not O(changes ×
-//! subscriptions): viewports live in an R-tree, and a change is looked up by
-//! the box it touched (old and new position joined). Each changed feature is
-//! encoded to JSON once per tick and the bytes are shared (`Arc`) by every
-//! connection that receives it. A connection whose queue is full is not
-//! waited for: its tick is dropped and it is flagged to resynchronise, so a
-//! slow client never slows ingest or other clients.
+//! The hub's work is O(changes + subscriptions) per tick, whatever the
+//! number of deliveries: each changed feature is coalesced, encoded to
+//! JSON once, and put in Z-order in the batch; one `Arc` of the batch goes
+//! to every connection with a subscription whose viewport touches the
+//! batch's changes, and each session finds its own deliveries in it
+//! (`batch`). Events (enter/exit/alerts) are few and are routed per
+//! subscription through an R-tree of viewports. A connection whose queue
+//! is full is not waited for: its tick is dropped and it is flagged to
+//! catch up, so a slow client never slows ingest or other clients.
 //!
 //! The hub runs on its own OS thread (`beeld-fanout`), owned by
 //! [`crate::run`], which stops it through [`Hub::stop`] at shutdown.
 
 use hashbrown::HashMap;
-use std::borrow::Cow;
-use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use beeld_layers::change::union;
 use beeld_layers::relate::EventKind;
-use beeld_layers::view::{Before, Change, RemoveReason, first_change_after};
+use beeld_layers::view::{RemoveReason, first_change_after};
 use beeld_layers::{Collection, Feature, FeatureId, Seq};
-use geo::{Intersects, Rect};
+use geo::Rect;
 use rstar::primitives::{GeomWithData, Rectangle};
 use rstar::{AABB, RTree};
 use tokio::sync::{mpsc, watch};
 
-use serde_json::{Map, Value};
-
-use crate::output::{
-    Precision, push_feature, push_feature_with, push_geometry, push_json_str, push_properties,
-};
+pub use super::batch::{Batch, Delivery, MAX_PRECISION};
+use crate::output::push_feature;
 use crate::state::StateHandle;
 
 /// How routing finds subscriptions.
@@ -93,146 +90,6 @@ impl Default for LiveConfig {
 /// A connection.
 pub type ConnId = u64;
 
-/// One changed feature in one tick, shared by every connection that gets it.
-#[derive(Debug)]
-pub struct Delivery {
-    /// The collection.
-    pub collection: Collection,
-    /// The id.
-    pub id: FeatureId,
-    /// A hash of the collection and id, made once by the hub, for merging
-    /// queued ticks.
-    pub id_hash: u64,
-    /// The seq of the tick that routed it. After ticks are merged, a view
-    /// that a viewport move has already brought past this seq must skip
-    /// the delivery: its state is older than what the move read.
-    pub tick_seq: Seq,
-    /// Its state at the tick's seq; `None` when gone.
-    pub feature: Option<Arc<Feature>>,
-    /// The seq of the first change after `previous`: `previous` is the
-    /// feature's state from its own seq up to this one. The first change
-    /// the tick covers, unless `previous` is from within the tick
-    /// (`first_change_after`).
-    pub first: Seq,
-    /// The newest version the hub knew before this tick (routed, or
-    /// encoded for a snapshot since): the feature's state just before
-    /// `first` when older than it, and so what every client that kept up
-    /// holds and the base of the shared field-level delta.
-    pub previous: Option<Arc<Feature>>,
-    /// Why it is gone, when it is.
-    pub gone: RemoveReason,
-    /// The feature as GeoJSON at full precision, encoded once.
-    pub json: Option<Arc<str>>,
-    /// Other encodings (a coordinate precision, a delta from `previous`),
-    /// made by the first connection that needs one and shared with the rest.
-    /// Without this every delta subscriber re-encoded and re-parsed every
-    /// feature it received, which made the low-bandwidth option the most
-    /// expensive one on the server. One slot per option, set once, so that
-    /// the connections that follow read without a lock (a `Mutex` here cost
-    /// about 0.25 µs per delivery with 1,000 clients); the table itself is
-    /// only allocated when some connection asks.
-    variants: OnceLock<Box<[OnceLock<Box<str>>; VARIANTS]>>,
-}
-
-/// Coordinate precisions 0–15 and full, each whole or as a delta.
-const VARIANTS: usize = 2 * (MAX_PRECISION as usize + 2);
-
-/// The most decimals a subscription may ask for.
-pub const MAX_PRECISION: u8 = 15;
-
-impl Delivery {
-    /// The feature at `precision`, as a delta from `previous` when `delta`,
-    /// encoded once per tick for every connection that asks the same.
-    pub fn variant(&self, precision: Precision, delta: bool) -> Option<Cow<'_, str>> {
-        let feature = self.feature.as_deref()?;
-        if precision.is_none() && !delta {
-            return self.json.as_deref().map(Cow::Borrowed);
-        }
-        let encode = || -> Box<str> {
-            match self.previous.as_deref().filter(|_| delta) {
-                Some(base) => encode_delta(base, feature, precision).into(),
-                None => {
-                    let mut json = String::with_capacity(320);
-                    push_feature_with(&mut json, feature, precision);
-                    json.into()
-                }
-            }
-        };
-        let digits = match precision {
-            Some(p) if p > MAX_PRECISION => return Some(Cow::Owned(encode().into())),
-            Some(p) => usize::from(p),
-            None => usize::from(MAX_PRECISION) + 1,
-        };
-        let table = self
-            .variants
-            .get_or_init(|| Box::new(std::array::from_fn(|_| OnceLock::new())));
-        Some(Cow::Borrowed(
-            table[2 * digits + usize::from(delta)].get_or_init(encode),
-        ))
-    }
-
-    /// The seq of the version [`Delivery::variant`] diffs against.
-    pub fn previous_seq(&self) -> Option<Seq> {
-        self.previous.as_ref().map(|f| f.seq)
-    }
-
-    /// The delivery as the view decides it.
-    pub fn change(&self) -> Change<'_> {
-        Change {
-            collection: self.collection,
-            id: &self.id,
-            routed: self.tick_seq,
-            current: self.feature.as_deref(),
-            gone: self.gone,
-            first: self.first,
-            // A feature the hub has no version of may well have existed (it
-            // has not changed since the server started).
-            before: self
-                .previous
-                .as_deref()
-                .map_or(Before::Unknown, Before::Was),
-        }
-    }
-}
-
-/// Only what changed from `old` to `new`:
-/// `{"id", "delta": true, "geometry"?, "set", "unset"?}` (docs/protocol.md).
-pub fn encode_delta(old: &Feature, new: &Feature, precision: Precision) -> String {
-    let mut geometry = String::new();
-    push_geometry(&mut geometry, &new.shape, precision);
-    let mut old_geometry = String::new();
-    push_geometry(&mut old_geometry, &old.shape, precision);
-    let mut old_properties = String::new();
-    push_properties(&mut old_properties, old);
-    let mut new_properties = String::new();
-    push_properties(&mut new_properties, new);
-    // Our own encoder wrote both, so they parse; a failure would only make
-    // the delta larger, never wrong, as `set` then carries every field.
-    let old: Map<String, Value> = serde_json::from_str(&old_properties).unwrap_or_default();
-    let new_map: Map<String, Value> = serde_json::from_str(&new_properties).unwrap_or_default();
-    let set: Map<String, Value> = new_map
-        .iter()
-        .filter(|(k, v)| old.get(*k) != Some(v))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    let unset: Vec<&String> = old.keys().filter(|k| !new_map.contains_key(*k)).collect();
-    let mut json = String::from("{\"id\":");
-    push_json_str(&mut json, &new.id);
-    json.push_str(",\"delta\":true");
-    if old_geometry != geometry {
-        json.push_str(",\"geometry\":");
-        json.push_str(&geometry);
-    }
-    json.push_str(",\"set\":");
-    json.push_str(&Value::Object(set).to_string());
-    if !unset.is_empty() {
-        json.push_str(",\"unset\":");
-        json.push_str(&serde_json::to_string(&unset).unwrap_or_else(|_| "[]".to_owned()));
-    }
-    json.push('}');
-    json
-}
-
 /// One enter/exit/alert event, encoded once.
 #[derive(Debug)]
 pub struct EventDelivery {
@@ -242,82 +99,14 @@ pub struct EventDelivery {
     pub json: Arc<str>,
 }
 
-/// What a connection receives per tick: deliveries per subscription key.
+/// What a connection receives per tick: the tick's changes, shared by
+/// every connection, and the events routed to its subscriptions.
 #[derive(Debug)]
 pub struct Tick {
-    /// The seq every delivery's state is consistent with.
-    pub seq: Seq,
-    /// `(subscription key, delivery)`.
-    pub items: Vec<(u32, Arc<Delivery>)>,
+    /// The tick's changes; each subscription searches them with its viewport.
+    pub batch: Arc<Batch>,
     /// `(subscription key, event)`, for subscriptions that asked for events.
     pub events: Vec<(u32, Arc<EventDelivery>)>,
-}
-
-impl Tick {
-    /// Adds every tick the connection has queued to this one, as if the hub
-    /// had used one longer tick: a feature routed more than once appears
-    /// once, in its latest state. A connection that falls behind thus sends
-    /// fewer, larger messages and catches up by itself, instead of filling
-    /// its queue and needing a catch-up computed against the whole store.
-    ///
-    /// Sound because routing goes by the box a change touched (before and
-    /// after): a feature the client may hold that changed later is in a
-    /// later tick, so an earlier delivery that is not superseded is still
-    /// the feature's state at the later seq as far as this client can see.
-    /// A view that moved meanwhile has read the store past some of these
-    /// ticks; it skips their deliveries (`Delivery::tick_seq`). The model of
-    /// this is `layers::view`'s property test.
-    pub fn absorb_queued(&mut self, queue: &mut mpsc::Receiver<Tick>) -> usize {
-        let mut later = Vec::new();
-        while let Ok(tick) = queue.try_recv() {
-            later.push(tick);
-        }
-        if later.is_empty() {
-            return 0;
-        }
-        let n = later.len();
-        // Keyed by the hash the hub computed once per delivery: hashing
-        // every id again here was a sixth of the server's CPU when clients
-        // fell behind, which is exactly when this runs.
-        let mut latest: hashbrown::HashTable<usize> = hashbrown::HashTable::new();
-        let mut items: Vec<Option<(u32, Arc<Delivery>)>> = Vec::new();
-        for tick in std::iter::once(std::mem::take(&mut self.items))
-            .chain(later.iter_mut().map(|t| std::mem::take(&mut t.items)))
-        {
-            for (key, delivery) in tick {
-                let at = items.len();
-                let hash = merge_hash(key, &delivery);
-                let same = |i: &usize| {
-                    items[*i].as_ref().is_some_and(|(k, d)| {
-                        *k == key && d.collection == delivery.collection && d.id == delivery.id
-                    })
-                };
-                match latest.find_mut(hash, same) {
-                    Some(earlier) => {
-                        items[*earlier] = None;
-                        *earlier = at;
-                    }
-                    None => {
-                        let rehash =
-                            |i: &usize| items[*i].as_ref().map_or(0, |(k, d)| merge_hash(*k, d));
-                        latest.insert_unique(hash, at, rehash);
-                    }
-                }
-                items.push(Some((key, delivery)));
-            }
-        }
-        self.items = items.into_iter().flatten().collect();
-        for tick in later {
-            self.seq = self.seq.max(tick.seq);
-            self.events.extend(tick.events);
-        }
-        n
-    }
-}
-
-/// The key of a delivery to one subscription when queued ticks merge.
-fn merge_hash(key: u32, delivery: &Delivery) -> u64 {
-    delivery.id_hash ^ u64::from(key).wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
 struct Conn {
@@ -352,10 +141,20 @@ fn rectangle(rect: &Rect<f64>) -> Rectangle<[f64; 2]> {
 pub struct HubStats {
     /// Ticks that carried changes.
     pub ticks: AtomicU64,
-    /// Deliveries routed to connections.
+    /// Deliveries sent to subscriptions (upserts and removes).
     pub deliveries: AtomicU64,
     /// Ticks dropped because a connection's queue was full.
     pub dropped_ticks: AtomicU64,
+}
+
+impl HubStats {
+    /// Adds deliveries a session sent (one atomic add per tick and
+    /// connection, not per delivery).
+    pub fn count_deliveries(&self, n: u64) {
+        if n > 0 {
+            self.deliveries.fetch_add(n, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Latest version of each feature the hub has seen, with its full-precision
@@ -375,8 +174,6 @@ struct Inner {
     next_conn: AtomicU64,
     /// The seq of the last tick routed (all its sends done).
     routed: AtomicU64,
-    /// Hashes ids for `Delivery::id_hash`.
-    hasher: hashbrown::DefaultHashBuilder,
     stopped: AtomicBool,
     /// Tells sessions the server is shutting down, so they close cleanly.
     shutdown: watch::Sender<bool>,
@@ -407,7 +204,6 @@ impl Hub {
                 config,
                 next_conn: AtomicU64::new(1),
                 routed: AtomicU64::new(0),
-                hasher: hashbrown::DefaultHashBuilder::default(),
                 stopped: AtomicBool::new(false),
                 shutdown: watch::channel(false).0,
                 stats: HubStats::default(),
@@ -659,17 +455,16 @@ impl Hub {
                     })
                     .or_insert((record.touched, gone, [record.seq; 3]));
             }
-            let pending: Vec<(Rect<f64>, [Seq; 3], Delivery)> = touched
+            let pending: Vec<([Seq; 3], Delivery)> = touched
                 .into_iter()
                 .map(|((collection, id), (bbox, gone, seqs))| {
                     let feature = store.get(collection, &id).cloned().map(Arc::new);
                     (
-                        bbox,
                         seqs,
                         Delivery {
-                            id_hash: self.inner.hasher.hash_one((collection, &*id)),
                             collection,
                             id,
+                            touched: bbox,
                             tick_seq: seq,
                             feature,
                             first: seqs[0],
@@ -684,66 +479,48 @@ impl Hub {
             (seq, pending, events, newest_event)
         };
         // Encode once, outside the store lock, and keep the encodings.
-        for (_, _, delivery) in &mut pending {
+        for (_, delivery) in &mut pending {
             if let Some(feature) = &delivery.feature {
                 let mut json = String::with_capacity(320);
                 push_feature(&mut json, feature);
                 delivery.json = Some(json.into());
             }
         }
-        {
+        let deliveries: Vec<Delivery> = {
             let mut encodings = self
                 .inner
                 .encodings
                 .write()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            for (_, seqs, delivery) in &mut pending {
-                let key = (delivery.collection, Arc::clone(&delivery.id));
-                let previous = match (&delivery.feature, &delivery.json) {
-                    (Some(feature), Some(json)) => {
-                        encodings.insert(key, (Arc::clone(feature), Arc::clone(json)))
-                    }
-                    _ => encodings.remove(&key),
-                };
-                delivery.previous = previous.map(|(feature, _)| feature);
-                delivery.first = first_change_after(delivery.previous_seq(), *seqs);
-            }
-        }
-        type Routed = (Vec<(u32, Arc<Delivery>)>, Vec<(u32, Arc<EventDelivery>)>);
-        let mut per_conn: HashMap<ConnId, Routed> = HashMap::new();
+            pending
+                .into_iter()
+                .map(|(seqs, mut delivery)| {
+                    let key = (delivery.collection, Arc::clone(&delivery.id));
+                    let previous = match (&delivery.feature, &delivery.json) {
+                        (Some(feature), Some(json)) => {
+                            encodings.insert(key, (Arc::clone(feature), Arc::clone(json)))
+                        }
+                        _ => encodings.remove(&key),
+                    };
+                    delivery.previous = previous.map(|(feature, _)| feature);
+                    delivery.first = first_change_after(delivery.previous_seq(), seqs);
+                    delivery
+                })
+                .collect()
+        };
+        let batch = Arc::new(Batch::new(seq, last, deliveries));
+        // Every connection with a subscription the batch may concern gets
+        // it (the naive baseline: every connection); each searches it with
+        // its own viewports. Events go by their boxes through the R-tree.
+        let mut per_conn: HashMap<ConnId, Vec<(u32, Arc<EventDelivery>)>> = HashMap::new();
         let router = self.router();
-        let mut n_deliveries = 0u64;
-        for (bbox, _, delivery) in pending {
-            let delivery = Arc::new(delivery);
-            let mut deliver = |key: RouteKey, route: &Route| {
-                if route.collections.contains(&delivery.collection) {
-                    per_conn
-                        .entry(key.0)
-                        .or_default()
-                        .0
-                        .push((key.1, Arc::clone(&delivery)));
-                    n_deliveries += 1;
-                }
+        for (key, route) in &router.routes {
+            let concerned = match self.inner.config.fanout {
+                FanoutMode::Indexed => batch.may_concern(&route.collections, &route.bbox),
+                FanoutMode::Naive => true,
             };
-            match self.inner.config.fanout {
-                FanoutMode::Indexed => {
-                    let env = AABB::from_corners(
-                        [bbox.min().x, bbox.min().y],
-                        [bbox.max().x, bbox.max().y],
-                    );
-                    for hit in router.index.locate_in_envelope_intersecting(&env) {
-                        if let Some(route) = router.routes.get(&hit.data) {
-                            deliver(hit.data, route);
-                        }
-                    }
-                }
-                FanoutMode::Naive => {
-                    for (key, route) in &router.routes {
-                        if route.bbox.intersects(&bbox) {
-                            deliver(*key, route);
-                        }
-                    }
-                }
+            if concerned {
+                per_conn.entry(key.0).or_default();
             }
         }
         for (bbox, event) in events {
@@ -753,7 +530,6 @@ impl Hub {
                     per_conn
                         .entry(key.0)
                         .or_default()
-                        .1
                         .push((key.1, Arc::clone(&event)));
                 }
             };
@@ -776,11 +552,15 @@ impl Hub {
                 }
             }
         }
-        for (conn, (items, events)) in per_conn {
+        for (conn, events) in per_conn {
             let Some(target) = router.conns.get(&conn) else {
                 continue;
             };
-            match target.tx.try_send(Tick { seq, items, events }) {
+            let tick = Tick {
+                batch: Arc::clone(&batch),
+                events,
+            };
+            match target.tx.try_send(tick) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     target.lagging.store(true, Ordering::Relaxed);
@@ -797,10 +577,6 @@ impl Hub {
         // taken everything routed to it up to `seq`.
         self.inner.routed.store(seq.0, Ordering::Release);
         self.inner.stats.ticks.fetch_add(1, Ordering::Relaxed);
-        self.inner
-            .stats
-            .deliveries
-            .fetch_add(n_deliveries, Ordering::Relaxed);
         (seq, newest_event)
     }
 }
@@ -810,136 +586,5 @@ fn remove_route(router: &mut Router, key: RouteKey) {
         router
             .index
             .remove(&GeomWithData::new(rectangle(&route.bbox), key));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use beeld_layers::attrs::{Attrs, RegionCode, UnitStatus, UnitType};
-    use beeld_layers::{Shape, Timestamp};
-    use geo::Coord;
-
-    fn unit(x: f64, status: &str, seq: u64) -> Feature {
-        Feature {
-            id: "u1".into(),
-            shape: Shape::Point(Coord { x, y: 52.1 }),
-            properties: format!(r#"{{"status":"{status}","call_sign":"A-1"}}"#).into(),
-            attrs: Attrs::Unit {
-                unit_type: UnitType::Ambulance,
-                status: UnitStatus::Available,
-                home_region: RegionCode::parse("VR09").expect("code"),
-            },
-            feed: "vr09".into(),
-            observed_at: Timestamp(1_000),
-            received_at: Timestamp(2_000),
-            expires_at: None,
-            seq: Seq(seq),
-            place: beeld_layers::relate::Place::default(),
-        }
-    }
-
-    fn delivery(previous: Feature, feature: Feature) -> Delivery {
-        let mut json = String::new();
-        push_feature(&mut json, &feature);
-        Delivery {
-            id_hash: 0,
-            collection: Collection::Units,
-            id: "u1".into(),
-            tick_seq: feature.seq,
-            first: feature.seq,
-            feature: Some(Arc::new(feature)),
-            previous: Some(Arc::new(previous)),
-            gone: RemoveReason::Deleted,
-            json: Some(json.into()),
-            variants: OnceLock::new(),
-        }
-    }
-
-    #[test]
-    fn a_delta_is_encoded_once_and_shared() {
-        let d = delivery(unit(5.1, "available", 7), unit(5.1, "en_route", 9));
-        let first = d.variant(Some(6), true).expect("delta");
-        let second = d.variant(Some(6), true).expect("delta");
-        assert!(
-            std::ptr::eq(first.as_ptr(), second.as_ptr()),
-            "second client reuses it"
-        );
-        let delta: Value = serde_json::from_str(&first).expect("json");
-        assert_eq!(delta["delta"], true);
-        assert!(delta.get("geometry").is_none(), "did not move: {delta}");
-        assert_eq!(delta["set"]["status"], "en_route");
-        assert_eq!(delta["set"]["seq"], 9);
-        assert!(delta["set"].get("call_sign").is_none(), "{delta}");
-        // Other options get their own encodings; full precision, no delta,
-        // is the hub's shared GeoJSON itself.
-        let whole = d.variant(Some(6), false).expect("whole");
-        assert!(whole.contains("\"type\":\"Feature\""), "{whole}");
-        let full = d.variant(None, false).expect("full");
-        assert!(std::ptr::eq(
-            full.as_ptr(),
-            d.json.as_ref().expect("json").as_ptr()
-        ));
-    }
-
-    fn tick(seq: u64, deliveries: &[(&str, u64)]) -> Tick {
-        let items = deliveries
-            .iter()
-            .map(|(id, version)| {
-                let mut feature = unit(5.1, "available", *version);
-                feature.id = (*id).into();
-                let mut d = delivery(unit(5.1, "available", 1), feature);
-                d.id = (*id).into();
-                (0, Arc::new(d))
-            })
-            .collect();
-        let events = vec![(
-            0,
-            Arc::new(EventDelivery {
-                n: seq,
-                json: "{}".into(),
-            }),
-        )];
-        Tick {
-            seq: Seq(seq),
-            items,
-            events,
-        }
-    }
-
-    #[test]
-    fn queued_ticks_coalesce_to_each_features_latest_state() {
-        let (tx, mut rx) = mpsc::channel(8);
-        let mut first = tick(10, &[("a", 9), ("b", 10)]);
-        tx.try_send(tick(20, &[("a", 15), ("c", 20)]))
-            .expect("queue");
-        tx.try_send(tick(30, &[("a", 30)])).expect("queue");
-        assert_eq!(first.absorb_queued(&mut rx), 2);
-        assert_eq!(first.seq, Seq(30));
-        let got: Vec<(&str, u64)> = first
-            .items
-            .iter()
-            .map(|(_, d)| (&*d.id, d.feature.as_ref().expect("feature").seq.0))
-            .collect();
-        assert_eq!(got, [("b", 10), ("c", 20), ("a", 30)]);
-        let events: Vec<u64> = first.events.iter().map(|(_, e)| e.n).collect();
-        assert_eq!(events, [10, 20, 30], "events are kept, in order");
-        assert_eq!(first.absorb_queued(&mut rx), 0, "nothing more queued");
-    }
-
-    #[test]
-    fn a_moved_feature_carries_its_geometry_at_the_precision() {
-        let d = delivery(
-            unit(5.1, "available", 7),
-            unit(5.123_456_789, "available", 8),
-        );
-        let delta: Value =
-            serde_json::from_str(&d.variant(Some(3), true).expect("delta")).expect("json");
-        assert_eq!(delta["geometry"]["coordinates"][0], 5.123);
-        // Below the precision a move is no move.
-        let d = delivery(unit(5.1, "available", 7), unit(5.100_01, "available", 8));
-        let delta: Value =
-            serde_json::from_str(&d.variant(Some(3), true).expect("delta")).expect("json");
-        assert!(delta.get("geometry").is_none(), "{delta}");
     }
 }

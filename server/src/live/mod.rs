@@ -12,6 +12,7 @@
 //! * [`ws`] and [`sse`]: the two transports, with limits, heartbeats and
 //!   backpressure.
 
+pub mod batch;
 pub mod hub;
 pub mod protocol;
 pub mod queued;

@@ -13,7 +13,8 @@ use beeld_layers::view::{Item, RemoveReason, View, Viewport};
 use beeld_layers::{Collection, Feature, FeatureId, Seq};
 use geo::{Rect, coord};
 
-use super::hub::{ConnId, Hub, Tick};
+use super::batch::{Hit, Search};
+use super::hub::{ConnId, FanoutMode, Hub, Tick};
 use super::protocol::{self, ClientMessage, DiffWriter, Outgoing, SnapshotWriter};
 use crate::output::{Precision, push_feature_with};
 use crate::state::StateHandle;
@@ -476,62 +477,93 @@ impl Session {
     }
 
     fn tick_features(&mut self, tick: &Tick) -> Vec<Outgoing> {
-        let mut by_sub: HashMap<u32, Vec<&Arc<super::hub::Delivery>>> = HashMap::new();
-        for (key, delivery) in &tick.items {
-            by_sub.entry(*key).or_default().push(delivery);
-        }
+        let batch = &*tick.batch;
+        let naive = self.hub.config().fanout == FanoutMode::Naive;
         let mut out = Vec::new();
-        for (key, deliveries) in by_sub {
-            let Some(name) = self.names.get(&key) else {
+        let mut delivered = 0u64;
+        for (name, sub) in &mut self.subs {
+            // Ticks reach a connection in order and none was dropped (that
+            // would have made it catch up instead), so every tick before
+            // this one that concerned the view was taken: a view behind
+            // `batch.from` was told of nothing since its seq.
+            sub.view.quiet_until(batch.from);
+            let Some(from) = sub.view.begin_tick(batch.seq) else {
                 continue;
             };
-            let Some(sub) = self.subs.get_mut(name) else {
-                continue;
-            };
-            let Some(from) = sub.view.begin_tick(tick.seq) else {
-                continue;
+            let viewport = sub.view.viewport();
+            let bbox = viewport.bbox;
+            let how = if naive {
+                Search::Naive
+            } else if viewport.filters.is_empty() && from == batch.from {
+                // Every change in a cell inside the viewport is an upsert,
+                // in the encoding every such view gets (`Batch::search`).
+                Search::Runs(sub.precision, sub.deltas)
+            } else {
+                Search::OneByOne
             };
             let mut writer = DiffWriter::default();
-            for delivery in deliveries {
-                match sub.view.update(from, &delivery.change(), sub.deltas) {
-                    Some(Item::Upsert {
-                        collection,
-                        feature,
-                        previous,
-                    }) => {
-                        // A delta only for a client holding the version the
-                        // hub diffed against; otherwise the whole feature.
-                        let delta =
-                            sub.deltas && previous.is_some() && previous == delivery.previous_seq();
-                        // Borrows the tick's shared bytes.
-                        match delivery.variant(sub.precision, delta) {
-                            Some(json) => writer.upsert(collection, json),
-                            None => {
-                                let json = encode_feature(&self.hub, sub, collection, feature);
-                                writer.upsert(collection, json);
+            let mut concerned = false;
+            for &collection in &viewport.collections {
+                batch.search(collection, &bbox, how, |hit| {
+                    concerned = true;
+                    let delivery = match hit {
+                        Hit::Run(text, count) => {
+                            delivered += count as u64;
+                            writer.upsert(collection, text);
+                            return;
+                        }
+                        Hit::One(delivery) => delivery,
+                    };
+                    match sub.view.update(from, &delivery.change(), sub.deltas) {
+                        Some(Item::Upsert {
+                            collection,
+                            feature,
+                            previous,
+                        }) => {
+                            delivered += 1;
+                            // A delta only for a client holding the version
+                            // the hub diffed against; otherwise the whole
+                            // feature.
+                            let delta = sub.deltas
+                                && previous.is_some()
+                                && previous == delivery.previous_seq();
+                            // Borrows the tick's shared bytes.
+                            match delivery.variant(sub.precision, delta) {
+                                Some(json) => writer.upsert(collection, json),
+                                None => {
+                                    let json = encode_feature(
+                                        &self.hub,
+                                        sub.precision,
+                                        collection,
+                                        feature,
+                                    );
+                                    writer.upsert(collection, json);
+                                }
                             }
                         }
+                        Some(Item::Remove {
+                            collection,
+                            id,
+                            reason,
+                        }) => {
+                            delivered += 1;
+                            writer.remove(collection, &id, reason);
+                        }
+                        None => {}
                     }
-                    Some(Item::Remove {
-                        collection,
-                        id,
-                        reason,
-                    }) => {
-                        writer.remove(collection, &id, reason);
-                    }
-                    None => {}
-                }
+                });
             }
             if !writer.is_empty() {
-                out.push(writer.finish(name, from, tick.seq));
+                out.push(writer.finish(name, from, batch.seq));
             }
-            if sub.aggregates.is_some() {
+            if concerned && sub.aggregates.is_some() {
                 // Aggregates change only with features this tick touched;
                 // counting once per tick coalesces every change within it.
                 let store = self.state.read();
                 out.extend(aggregate_changes(&store, sub, name, false));
             }
         }
+        self.hub.stats().count_deliveries(delivered);
         out
     }
 
@@ -775,7 +807,7 @@ fn encode_snapshot(
 ) -> Outgoing {
     let mut writer = SnapshotWriter::new(name, epoch, seq, resync, collections);
     for (collection, feature) in features {
-        let json = encode_feature(hub, sub, *collection, feature);
+        let json = encode_feature(hub, sub.precision, *collection, feature);
         writer.feature(*collection, &json);
     }
     writer.finish()
@@ -804,7 +836,7 @@ fn encode_items(
     for item in items {
         match item {
             Owned::Upsert(collection, feature) => {
-                let json = encode_feature(hub, sub, collection, &feature);
+                let json = encode_feature(hub, sub.precision, collection, &feature);
                 writer.upsert(collection, json);
             }
             Owned::Remove(collection, id, reason) => {
@@ -821,7 +853,7 @@ fn encode_items(
 /// gets whole features, which replace whatever version it held.
 fn encode_feature(
     hub: &Hub,
-    sub: &Subscription,
+    precision: Precision,
     collection: Collection,
     feature: &Feature,
 ) -> Arc<str> {
@@ -829,10 +861,10 @@ fn encode_feature(
     // holds: a change coalesced into the same tick as this snapshot is then
     // still sent as a delta from it.
     let full = hub.encoded(collection, feature);
-    if sub.precision.is_none() {
+    if precision.is_none() {
         return full;
     }
     let mut json = String::with_capacity(320);
-    push_feature_with(&mut json, feature, sub.precision);
+    push_feature_with(&mut json, feature, precision);
     json.into()
 }

@@ -153,16 +153,23 @@ pub async fn events(
                 }
             }
             pending = tokio::select! {
-                Some(mut tick) = ticks.recv() => {
-                    tick.absorb_queued(&mut ticks);
-                    if lagging.swap(false, Ordering::Relaxed) {
-                        match super::ws::catch_up(&mut session, &mut ticks, &mut catch_ups, config.max_resyncs_per_minute) {
-                            Ok(out) => out,
-                            Err(reason) => vec![protocol::error("too_slow", &reason, None)],
+                Some(tick) = ticks.recv() => {
+                    // This tick and every one queued behind it, in order;
+                    // the catch-up instead once one was dropped.
+                    let mut out = Vec::new();
+                    let mut next = Some(tick);
+                    while let Some(tick) = next {
+                        if lagging.swap(false, Ordering::Relaxed) {
+                            match super::ws::catch_up(&mut session, &mut ticks, &mut catch_ups, config.max_resyncs_per_minute) {
+                                Ok(more) => out.extend(more),
+                                Err(reason) => out.push(protocol::error("too_slow", &reason, None)),
+                            }
+                            break;
                         }
-                    } else {
-                        session.handle_tick(&tick)
+                        out.extend(session.handle_tick(&tick));
+                        next = ticks.try_recv().ok();
                     }
+                    out
                 }
                 _ = heartbeat.tick() => vec![protocol::heartbeat(state.read().seq(), state.epoch(), &now().to_rfc3339())],
                 _ = shutdown.changed() => break 'serve,

@@ -330,15 +330,22 @@ struct Inbox {
 }
 
 impl Inbox {
-    /// Takes `tick` and every tick queued behind it as one, or the catch-up
-    /// when ticks were dropped.
-    fn handle(&mut self, mut tick: Tick, session: &mut Session) -> Result<Vec<Outgoing>, String> {
-        tick.absorb_queued(&mut self.ticks);
-        if self.lagging.swap(false, Ordering::Relaxed) {
-            self.catch_up(session)
-        } else {
-            Ok(session.handle_tick(&tick))
+    /// Takes `tick` and every tick queued behind it, in order (their
+    /// messages go out in one write), or the catch-up when ticks were
+    /// dropped.
+    fn handle(&mut self, tick: Tick, session: &mut Session) -> Result<Vec<Outgoing>, String> {
+        let mut out = Vec::new();
+        let mut next = Some(tick);
+        while let Some(tick) = next {
+            // Read after taking the tick: a drop before it was sent shows.
+            if self.lagging.swap(false, Ordering::Relaxed) {
+                out.extend(self.catch_up(session)?);
+                break;
+            }
+            out.extend(session.handle_tick(&tick));
+            next = self.ticks.try_recv().ok();
         }
+        Ok(out)
     }
 
     /// The catch-up, when ticks were dropped.
