@@ -12,7 +12,9 @@
 //! * [`Store`]: every feature with its R-tree and id map; applies a [`Batch`]
 //!   atomically and records each change in the [`ChangeLog`].
 //! * [`query`]: bbox / datetime / property filters and id-ordered paging.
-//! * [`zorder`]: Z-order cells, so a viewport finds a tick's changes in runs.
+//! * [`zorder`]: Z-order cells, so a viewport finds a tick's changes in runs;
+//!   [`occupancy`]: a coarse grid of where they are, to wake only the
+//!   connections they may concern.
 //! * [`relate`]: relations kept current with every change: region and
 //!   municipality attribution, units in hazards, counts per region and H3
 //!   cell, nearest units, coverage rules, and their event log.
@@ -28,6 +30,7 @@ pub mod collection;
 pub mod feature;
 pub mod geometry;
 mod index;
+pub mod occupancy;
 pub mod prepare;
 pub mod query;
 pub mod relate;

@@ -184,6 +184,13 @@ pub async fn run(
         stop_hub.stop();
     };
     tracing::info!(addr = %listener.local_addr()?, "listening");
+    // No Nagle: a diff's last segment must not wait for the client's
+    // (possibly delayed) acknowledgement of the segments before it.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set");
+        }
+    });
     axum::serve(listener, http::app(state.clone()))
         .with_graceful_shutdown(stop)
         .await?;

@@ -17,6 +17,7 @@ use std::borrow::Cow;
 use std::ops::Range;
 use std::sync::{Arc, OnceLock};
 
+use beeld_layers::occupancy::Occupancy;
 use beeld_layers::view::{Before, Change, RemoveReason};
 use beeld_layers::zorder::{self, Cell, Found};
 use beeld_layers::{Collection, Feature, FeatureId, Seq};
@@ -192,7 +193,13 @@ struct Section {
     loose: Range<usize>,
     /// Every delivery's `touched`, joined.
     bbox: Rect<f64>,
+    /// Where they are, coarsely: which subscriptions they may concern.
+    occupancy: Option<Occupancy>,
 }
+
+/// Cells of a section's [`Occupancy`]: the Netherlands at its finest is
+/// about 45,000 (building them is about 0.1 ms per tick).
+const OCCUPANCY_CELLS: usize = 1 << 16;
 
 /// Every bound delivery in one encoding, each followed by a comma: a run
 /// of adjacent deliveries is one slice.
@@ -201,6 +208,46 @@ struct Joined {
     text: String,
     /// Where each delivery starts; one more at the end.
     starts: Vec<usize>,
+}
+
+/// A run of upserts in one of a batch's joined encodings.
+#[derive(Debug, Clone)]
+pub struct Run<'b> {
+    /// The features, comma-separated.
+    pub text: &'b str,
+    /// How many.
+    pub count: usize,
+    slot: usize,
+    bytes: Range<usize>,
+}
+
+impl Batch {
+    /// The run's bytes, sharing the batch's own: a large run goes to the
+    /// socket without being copied into the message.
+    pub fn share(self: &Arc<Batch>, run: &Run<'_>) -> bytes::Bytes {
+        bytes::Bytes::from_owner(SharedRun {
+            batch: Arc::clone(self),
+            slot: run.slot,
+            bytes: run.bytes.clone(),
+        })
+    }
+}
+
+/// The owner of a shared run's bytes.
+struct SharedRun {
+    batch: Arc<Batch>,
+    slot: usize,
+    bytes: Range<usize>,
+}
+
+impl AsRef<[u8]> for SharedRun {
+    fn as_ref(&self) -> &[u8] {
+        // Set before the run was found, so always there.
+        self.batch.runs[self.slot]
+            .get()
+            .and_then(|joined| joined.text.as_bytes().get(self.bytes.clone()))
+            .unwrap_or_default()
+    }
 }
 
 /// How a subscription searches a batch.
@@ -220,9 +267,9 @@ pub enum Search {
 /// What a search found.
 #[derive(Debug)]
 pub enum Hit<'b> {
-    /// Upserts, already encoded and joined by commas: `count` features,
-    /// each in the viewport now and (for deltas) before.
-    Run(&'b str, usize),
+    /// Upserts, already encoded and joined by commas, each in the viewport
+    /// now and (for deltas) before.
+    Run(Run<'b>),
     /// A change that may concern the viewport; the view decides.
     One(&'b Delivery),
 }
@@ -258,12 +305,20 @@ impl Batch {
                         loose: bound.end..i + 1,
                         bound,
                         bbox: delivery.touched,
+                        occupancy: None,
                     });
                 }
             }
             // Loose deliveries get a placeholder: only bound ranges are searched.
             cells.push(cell.unwrap_or_default());
             ordered.push(delivery);
+        }
+        for section in &mut sections {
+            let boxes: Vec<Rect<f64>> = ordered[section.bound.start..section.loose.end]
+                .iter()
+                .map(|d| d.touched)
+                .collect();
+            section.occupancy = Occupancy::new(&boxes, OCCUPANCY_CELLS);
         }
         Batch {
             seq,
@@ -290,11 +345,17 @@ impl Batch {
         &self.deliveries
     }
 
-    /// Whether any change may concern a viewport of `collections` over `bbox`.
+    /// Whether any change may concern a viewport of `collections` over
+    /// `bbox` (true for some viewports within a few km of a change, never
+    /// false for one a change touches). O(1) per collection, so the hub
+    /// can ask for every subscription each tick and wake only the
+    /// connections a change is near.
     pub fn may_concern(&self, collections: &[Collection], bbox: &Rect<f64>) -> bool {
-        self.sections
-            .iter()
-            .any(|s| collections.contains(&s.collection) && s.bbox.intersects(bbox))
+        self.sections.iter().any(|s| {
+            collections.contains(&s.collection)
+                && s.bbox.intersects(bbox)
+                && s.occupancy.as_ref().is_none_or(|o| o.touches(bbox))
+        })
     }
 
     /// Finds the changes of `collection` that may concern a viewport over
@@ -326,7 +387,8 @@ impl Batch {
                 return;
             }
             Search::OneByOne => None,
-            Search::Runs(precision, delta) => self.joined(precision, delta),
+            Search::Runs(precision, delta) => variant_slot(precision, delta)
+                .map(|slot| (slot, self.joined(slot, precision, delta))),
         };
         let offset = section.bound.start;
         zorder::search(
@@ -337,11 +399,15 @@ impl Batch {
                 Found::Inside(run) => {
                     let run = offset + run.start..offset + run.end;
                     match joined {
-                        Some(joined) => {
+                        Some((slot, joined)) => {
                             // Without the comma after the last.
-                            let text =
-                                &joined.text[joined.starts[run.start]..joined.starts[run.end] - 1];
-                            hit(Hit::Run(text, run.len()));
+                            let bytes = joined.starts[run.start]..joined.starts[run.end] - 1;
+                            hit(Hit::Run(Run {
+                                text: &joined.text[bytes.clone()],
+                                count: run.len(),
+                                slot,
+                                bytes,
+                            }));
                         }
                         None => {
                             for i in run {
@@ -360,9 +426,8 @@ impl Batch {
 
     /// The bound deliveries joined in one encoding: at `precision`, and as
     /// deltas where `delta` and a view at [`Batch::from`] holds the base.
-    fn joined(&self, precision: Precision, delta: bool) -> Option<&Joined> {
-        let slot = variant_slot(precision, delta)?;
-        Some(self.runs[slot].get_or_init(|| {
+    fn joined(&self, slot: usize, precision: Precision, delta: bool) -> &Joined {
+        self.runs[slot].get_or_init(|| {
             let mut text = String::new();
             // Loose deliveries are never in a run: they start where the
             // next bound one does, with no text.
@@ -386,7 +451,7 @@ impl Batch {
             }
             starts[self.deliveries.len()] = text.len();
             Joined { text, starts }
-        }))
+        })
     }
 }
 
@@ -601,7 +666,7 @@ mod search {
     type Told = (BTreeMap<String, Value>, BTreeMap<String, String>);
 
     fn tell(
-        batch: &Batch,
+        batch: &Arc<Batch>,
         viewport: &Viewport,
         how: Search,
         precision: Precision,
@@ -617,10 +682,11 @@ mod search {
             assert!(upserts.insert(id, v).is_none(), "told twice: {json}");
         };
         batch.search(Collection::Units, &viewport.bbox, how, |hit| match hit {
-            Hit::Run(text, count) => {
+            Hit::Run(run) => {
                 let items: Vec<Value> =
-                    serde_json::from_str(&format!("[{text}]")).expect("a run is a JSON list");
-                assert_eq!(items.len(), count);
+                    serde_json::from_str(&format!("[{}]", run.text)).expect("a run is a JSON list");
+                assert_eq!(items.len(), run.count);
+                assert_eq!(&batch.share(&run)[..], run.text.as_bytes());
                 for item in items {
                     upsert(&item.to_string());
                 }
@@ -652,7 +718,7 @@ mod search {
             precision in prop_oneof![Just(None), Just(Some(6u8)), Just(Some(3u8))],
             deltas in any::<bool>(),
         ) {
-            let batch = batch(&moves);
+            let batch = Arc::new(batch(&moves));
             let viewport = Viewport {
                 collections: vec![Collection::Units],
                 bbox: Rect::new(coord! { x: x, y: y }, coord! { x: x + w, y: y + h }),
@@ -663,6 +729,10 @@ mod search {
             let runs = tell(&batch, &viewport, Search::Runs(precision, deltas), precision, deltas);
             prop_assert_eq!(&naive, &indexed);
             prop_assert_eq!(&naive, &runs);
+            // Every viewport a change touches is woken.
+            if batch.deliveries().iter().any(|d| d.touched.intersects(&viewport.bbox)) {
+                prop_assert!(batch.may_concern(&viewport.collections, &viewport.bbox));
+            }
         }
     }
 }

@@ -3,9 +3,12 @@
 //! are written by hand so that feature JSON encoded once per tick can be
 //! spliced into every client's message without re-encoding.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
+
+use bytes::Bytes;
 
 use beeld_layers::view::RemoveReason;
 use beeld_layers::{Collection, Seq};
@@ -130,8 +133,61 @@ pub struct Outgoing {
     pub kind: &'static str,
     /// The seq the client is consistent with after it, used as the SSE id.
     pub seq: Option<Seq>,
-    /// The JSON text.
+    /// The JSON text, but for the `spliced` parts.
     pub json: String,
+    /// Shared bytes (runs of a tick's encoded features) that belong at
+    /// these offsets of `json`, in order. The WebSocket writer sends them
+    /// as they are, so the largest part of a diff is never copied into it.
+    pub spliced: Vec<(usize, Bytes)>,
+}
+
+impl Outgoing {
+    /// A message that is all `json`.
+    pub fn new(kind: &'static str, seq: Option<Seq>, json: String) -> Outgoing {
+        Outgoing {
+            kind,
+            seq,
+            json,
+            spliced: Vec::new(),
+        }
+    }
+
+    /// The whole text.
+    pub fn text(&self) -> Cow<'_, str> {
+        if self.spliced.is_empty() {
+            return Cow::Borrowed(&self.json);
+        }
+        let size = self.json.len() + self.spliced.iter().map(|(_, b)| b.len()).sum::<usize>();
+        let mut text = String::with_capacity(size);
+        let mut at = 0;
+        for (offset, bytes) in &self.spliced {
+            text.push_str(&self.json[at..*offset]);
+            // Cut from `str`s, so always UTF-8.
+            text.push_str(&String::from_utf8_lossy(bytes));
+            at = *offset;
+        }
+        text.push_str(&self.json[at..]);
+        Cow::Owned(text)
+    }
+
+    /// The text as the parts to write, in order, sharing `json` and the
+    /// spliced bytes rather than copying them.
+    pub fn into_parts(self) -> Vec<Bytes> {
+        let json = Bytes::from(self.json);
+        let mut parts = Vec::with_capacity(2 * self.spliced.len() + 1);
+        let mut at = 0;
+        for (offset, bytes) in self.spliced {
+            if offset > at {
+                parts.push(json.slice(at..offset));
+            }
+            parts.push(bytes);
+            at = offset;
+        }
+        if at < json.len() {
+            parts.push(json.slice(at..));
+        }
+        parts
+    }
 }
 
 /// An `error` message. It never closes the connection by itself.
@@ -145,11 +201,7 @@ pub fn error(code: &str, message: &str, sub: Option<&str>) -> Outgoing {
         push_json_str(&mut json, sub);
     }
     json.push('}');
-    Outgoing {
-        kind: "error",
-        seq: None,
-        json,
-    }
+    Outgoing::new("error", None, json)
 }
 
 /// A `pong`.
@@ -159,11 +211,7 @@ pub fn pong(seq: Seq, id: Option<&serde_json::Value>) -> Outgoing {
         let _ = write!(json, ",\"id\":{id}");
     }
     json.push('}');
-    Outgoing {
-        kind: "pong",
-        seq: None,
-        json,
-    }
+    Outgoing::new("pong", None, json)
 }
 
 /// A `heartbeat`: the server is alive and the picture is at `seq`.
@@ -171,11 +219,7 @@ pub fn heartbeat(seq: Seq, epoch: &str, at: &str) -> Outgoing {
     let mut json = String::from("{\"type\":\"heartbeat\",\"epoch\":");
     push_json_str(&mut json, epoch);
     let _ = write!(json, ",\"seq\":{seq},\"at\":\"{at}\"}}");
-    Outgoing {
-        kind: "heartbeat",
-        seq: None,
-        json,
-    }
+    Outgoing::new("heartbeat", None, json)
 }
 
 /// An `unsubscribed` acknowledgement.
@@ -183,11 +227,7 @@ pub fn unsubscribed(sub: &str) -> Outgoing {
     let mut json = String::from("{\"type\":\"unsubscribed\",\"sub\":");
     push_json_str(&mut json, sub);
     json.push('}');
-    Outgoing {
-        kind: "unsubscribed",
-        seq: None,
-        json,
-    }
+    Outgoing::new("unsubscribed", None, json)
 }
 
 /// An `events` message: events `(from, to]` for one subscription, or with
@@ -210,11 +250,7 @@ pub fn events(
     );
     json.push_str(&items.join(","));
     json.push_str("]}");
-    Outgoing {
-        kind: "events",
-        seq: None,
-        json,
-    }
+    Outgoing::new("events", None, json)
 }
 
 /// An `aggregates` message: H3 cells of the viewport with their counts,
@@ -239,11 +275,7 @@ pub fn aggregates(
         let _ = write!(json, "{{\"cell\":\"{cell:x}\",\"counts\":{counts}}}");
     }
     json.push_str("]}");
-    Outgoing {
-        kind: "aggregates",
-        seq: None,
-        json,
-    }
+    Outgoing::new("aggregates", None, json)
 }
 
 /// Builds a `snapshot` message feature by feature.
@@ -315,11 +347,7 @@ impl SnapshotWriter {
             self.json.push(']');
         }
         self.json.push_str("}}");
-        Outgoing {
-            kind: "snapshot",
-            seq: Some(self.seq),
-            json: self.json,
-        }
+        Outgoing::new("snapshot", Some(self.seq), self.json)
     }
 }
 
@@ -330,6 +358,9 @@ impl SnapshotWriter {
 pub enum Piece<'a> {
     /// Borrowed (a tick's shared encoding).
     Borrowed(&'a str),
+    /// A large run of a tick's shared encodings, spliced into the message
+    /// rather than copied (`Outgoing::spliced`); its text beside it.
+    Spliced(Bytes, &'a str),
     /// Shared with other connections.
     Shared(Arc<str>),
     /// This message's own.
@@ -339,7 +370,7 @@ pub enum Piece<'a> {
 impl Piece<'_> {
     fn as_str(&self) -> &str {
         match self {
-            Piece::Borrowed(s) => s,
+            Piece::Borrowed(s) | Piece::Spliced(_, s) => s,
             Piece::Shared(s) => s,
             Piece::Owned(s) => s,
         }
@@ -421,9 +452,13 @@ impl<'a> DiffWriter<'a> {
         let size: usize = self
             .upserts
             .iter()
-            .map(|(_, piece)| piece.as_str().len() + 1)
+            .map(|(_, piece)| match piece {
+                Piece::Spliced(..) => 1,
+                other => other.as_str().len() + 1,
+            })
             .chain(self.removes.values().map(String::len))
             .sum();
+        let mut spliced = Vec::new();
         let mut json = String::with_capacity(size + sub.len() + 160);
         json.push_str("{\"type\":\"diff\",\"sub\":");
         push_json_str(&mut json, sub);
@@ -454,7 +489,10 @@ impl<'a> DiffWriter<'a> {
                     json.push(',');
                 }
                 first = false;
-                json.push_str(piece.as_str());
+                match piece {
+                    Piece::Spliced(bytes, _) => spliced.push((json.len(), bytes.clone())),
+                    other => json.push_str(other.as_str()),
+                }
             }
             json.push_str("],\"remove\":[");
             if let Some(items) = self.removes.get(collection) {
@@ -467,6 +505,7 @@ impl<'a> DiffWriter<'a> {
             kind: "diff",
             seq: Some(to),
             json,
+            spliced,
         }
     }
 }
@@ -502,6 +541,33 @@ mod tests {
             "expired"
         );
         assert_eq!(v["collections"]["units"]["remove"], serde_json::json!([]));
+    }
+
+    #[test]
+    fn spliced_runs_read_as_if_copied() {
+        let run = "{\"id\":\"b\"},{\"id\":\"c\"}";
+        let bytes = Bytes::from_static(run.as_bytes());
+        let mut d = DiffWriter::default();
+        d.upsert(Collection::Units, "{\"id\":\"a\"}");
+        d.upsert(Collection::Units, Piece::Spliced(bytes.clone(), run));
+        d.upsert(Collection::Hazards, Piece::Spliced(bytes, run));
+        d.upsert(Collection::Units, "{\"id\":\"d\"}");
+        let message = d.finish("s1", Seq(7), Seq(9));
+        assert_eq!(message.spliced.len(), 2, "not copied");
+        let text = message.text().into_owned();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let ids = |c: &str| -> Vec<String> {
+            v["collections"][c]["upsert"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| f["id"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        assert_eq!(ids("units"), ["a", "b", "c", "d"]);
+        assert_eq!(ids("hazards"), ["b", "c"]);
+        let written: Vec<u8> = message.into_parts().concat();
+        assert_eq!(written, text.as_bytes());
     }
 
     #[test]

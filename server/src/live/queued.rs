@@ -198,10 +198,13 @@ impl<S> Shared<S> {
 }
 
 impl<S: AsyncWrite + Unpin> Shared<S> {
-    /// Sends one whole data message as a single frame: its header and its
-    /// bytes, without copying them.
-    pub async fn send(&self, opcode: Opcode, payload: Bytes) -> io::Result<()> {
-        let mut parts = vec![frame_header(opcode, payload.len()), payload];
+    /// Sends one whole data message as a single frame: its header and the
+    /// message's parts, in order, without copying them.
+    pub async fn send(&self, opcode: Opcode, payload: Vec<Bytes>) -> io::Result<()> {
+        let len = payload.iter().map(Bytes::len).sum();
+        let mut parts = Vec::with_capacity(payload.len() + 1);
+        parts.push(frame_header(opcode, len));
+        parts.extend(payload);
         poll_fn(|cx| self.lock().poll_write_parts(cx, &mut parts)).await
     }
 
@@ -294,7 +297,7 @@ mod tests {
                 Opcode::Binary
             };
             writer
-                .send(opcode, Bytes::from(message))
+                .send(opcode, vec![Bytes::from(message)])
                 .await
                 .expect("send");
         }

@@ -69,7 +69,18 @@ fn mark(message: Outgoing, kind: &str, at: Timestamp) -> Outgoing {
         &format!("{prefix},\"replay\":true,\"at\":\"{}\"", at.to_rfc3339()),
         1,
     );
-    Outgoing { json, ..message }
+    // The prefix opens the message, before anything spliced.
+    let grown = json.len() - message.json.len();
+    let spliced = message
+        .spliced
+        .into_iter()
+        .map(|(offset, bytes)| (offset + grown, bytes))
+        .collect();
+    Outgoing {
+        json,
+        spliced,
+        ..message
+    }
 }
 
 /// Starts a replay; its messages go to `out`. Returns the control channel.
@@ -272,11 +283,5 @@ async fn run(
     let mut json = String::from("{\"type\":\"replay_end\",\"sub\":");
     push_json_str(&mut json, &request.id);
     json.push_str(&format!(",\"at\":\"{}\"}}", recorded.min(to).to_rfc3339()));
-    let _ = out
-        .send(Outgoing {
-            kind: "replay_end",
-            seq: None,
-            json,
-        })
-        .await;
+    let _ = out.send(Outgoing::new("replay_end", None, json)).await;
 }

@@ -13,9 +13,13 @@ use beeld_layers::view::{Item, RemoveReason, View, Viewport};
 use beeld_layers::{Collection, Feature, FeatureId, Seq};
 use geo::{Rect, coord};
 
-use super::batch::{Hit, Search};
+use super::batch::{Batch, Hit, Search};
 use super::hub::{ConnId, FanoutMode, Hub, Tick};
-use super::protocol::{self, ClientMessage, DiffWriter, Outgoing, SnapshotWriter};
+use super::protocol::{self, ClientMessage, DiffWriter, Outgoing, Piece, SnapshotWriter};
+
+/// Runs of at least this many bytes go to the socket as the batch's own
+/// bytes; smaller ones are copied into the message.
+const SPLICE_AT: usize = 2048;
 use crate::output::{Precision, push_feature_with};
 use crate::state::StateHandle;
 
@@ -507,9 +511,15 @@ impl Session {
                 batch.search(collection, &bbox, how, |hit| {
                     concerned = true;
                     let delivery = match hit {
-                        Hit::Run(text, count) => {
-                            delivered += count as u64;
-                            writer.upsert(collection, text);
+                        Hit::Run(run) => {
+                            delivered += run.count as u64;
+                            // Copying a small run costs less than sharing it.
+                            if run.text.len() >= SPLICE_AT {
+                                let bytes = Batch::share(&tick.batch, &run);
+                                writer.upsert(collection, Piece::Spliced(bytes, run.text));
+                            } else {
+                                writer.upsert(collection, run.text);
+                            }
                             return;
                         }
                         Hit::One(delivery) => delivery,

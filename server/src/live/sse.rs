@@ -24,7 +24,7 @@ fn bad(detail: impl Into<String>) -> Problem {
 }
 
 fn event(message: Outgoing) -> Event {
-    let mut event = Event::default().event(message.kind).data(message.json);
+    let mut event = Event::default().event(message.kind).data(message.text());
     if let Some(seq) = message.seq {
         event = event.id(seq.to_string());
     }
@@ -128,7 +128,9 @@ pub async fn events(
     let first = session.subscribe("events".to_owned(), &collections, bbox, filters, options);
     if session.subscriptions() == 0 {
         session.close();
-        let detail = first.first().map_or_else(String::new, |m| m.json.clone());
+        let detail = first
+            .first()
+            .map_or_else(String::new, |m| m.text().into_owned());
         return Err(Problem::new(
             StatusCode::BAD_REQUEST,
             "bad-subscription",

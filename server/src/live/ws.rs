@@ -282,14 +282,14 @@ async fn serve(
         // batch of messages: a tick is one write.
         let write = async {
             for message in out {
-                let (data, opcode) = match framing {
-                    Framing::Text => (Bytes::from(message.json), Opcode::Text),
-                    Framing::DeflateRaw => match compress(&message.json) {
-                        Some(bytes) => (Bytes::from(bytes), Opcode::Binary),
-                        None => (Bytes::from(message.json), Opcode::Text),
+                let (parts, opcode) = match framing {
+                    Framing::Text => (message.into_parts(), Opcode::Text),
+                    Framing::DeflateRaw => match compress(&message.text()) {
+                        Some(bytes) => (vec![Bytes::from(bytes)], Opcode::Binary),
+                        None => (message.into_parts(), Opcode::Text),
                     },
                 };
-                writer.send(opcode, data).await?;
+                writer.send(opcode, parts).await?;
             }
             writer.flush().await
         };
