@@ -39,8 +39,13 @@ run "1000 clients, 0.5-5 deg viewports, 10000 moves/s, tick 100 ms" "" "--client
 run "same, naive routing baseline" "--fanout naive" "--clients 1000 --rate 10000 --seconds $seconds"
 run "1000 clients, 0.5-5 deg viewports, 1000 moves/s, tick 10 ms" "--tick-ms 10" "--clients 1000 --rate 1000 --seconds $seconds"
 run "dense: 200 clients see the whole country, 10000 moves/s" "" "--clients 200 --rate 10000 --seconds $seconds --dense"
-# 200 clients ask for at most 2 M deliveries/s; 300 ask for 3 M, so this row
-# measures what the server can deliver rather than what it is asked.
+# 200 clients ask for at most 2 M deliveries/s; 300 and 500 ask for 3 M and
+# 5 M, to see what the server can deliver rather than what it is asked.
 run "dense: 300 clients see the whole country, 10000 moves/s" "" "--clients 300 --rate 10000 --seconds $seconds --dense"
+run "dense: 500 clients see the whole country, 10000 moves/s" "" "--clients 500 --rate 10000 --seconds $seconds --dense"
+# Town-sized viewports (tablets zoomed in): few deliveries, many
+# connections; what routing and waking cost rather than bytes.
+run "5000 clients, 0.02-0.1 deg viewports, 10000 moves/s" "" "--clients 5000 --rate 10000 --seconds $seconds --viewport 0.02-0.1"
+run "same, naive routing baseline" "--fanout naive" "--clients 5000 --rate 10000 --seconds $seconds --viewport 0.02-0.1"
 run "1000 clients, 0.5-5 deg viewports, 10000 moves/s, precision 6" "" "--clients 1000 --rate 10000 --seconds $seconds --precision 6"
 run "same, precision 6 + field-level deltas" "" "--clients 1000 --rate 10000 --seconds $seconds --precision 6 --deltas"

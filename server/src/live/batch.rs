@@ -14,6 +14,7 @@
 //! with an `Arc` increment, a queue push and a view test (BENCHMARKS.md).
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::{Arc, OnceLock};
 
@@ -22,7 +23,7 @@ use beeld_layers::view::{Before, Change, RemoveReason};
 use beeld_layers::zorder::{self, Cell, Found};
 use beeld_layers::{Collection, Feature, FeatureId, Seq};
 use geo::{Intersects, Rect};
-use serde_json::{Map, Value};
+use serde_json::value::RawValue;
 
 use crate::output::{Precision, push_feature_with, push_geometry, push_json_str, push_properties};
 
@@ -133,16 +134,13 @@ pub fn encode_delta(old: &Feature, new: &Feature, precision: Precision) -> Strin
     push_properties(&mut old_properties, old);
     let mut new_properties = String::new();
     push_properties(&mut new_properties, new);
-    // Our own encoder wrote both, so they parse; a failure would only make
-    // the delta larger, never wrong, as `set` then carries every field.
-    let old: Map<String, Value> = serde_json::from_str(&old_properties).unwrap_or_default();
-    let new_map: Map<String, Value> = serde_json::from_str(&new_properties).unwrap_or_default();
-    let set: Map<String, Value> = new_map
-        .iter()
-        .filter(|(k, v)| old.get(*k) != Some(v))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    let unset: Vec<&String> = old.keys().filter(|k| !new_map.contains_key(*k)).collect();
+    // Values are compared as text, not parsed: our own encoder wrote both,
+    // so equal values read the same (building `serde_json::Value` trees
+    // made deltas the hub's largest cost). A failure to parse would only
+    // make the delta larger, never wrong, as `set` then carries every field.
+    type Fields<'a> = BTreeMap<String, &'a RawValue>;
+    let old: Fields<'_> = serde_json::from_str(&old_properties).unwrap_or_default();
+    let new_fields: Fields<'_> = serde_json::from_str(&new_properties).unwrap_or_default();
     let mut json = String::from("{\"id\":");
     push_json_str(&mut json, &new.id);
     json.push_str(",\"delta\":true");
@@ -150,11 +148,34 @@ pub fn encode_delta(old: &Feature, new: &Feature, precision: Precision) -> Strin
         json.push_str(",\"geometry\":");
         json.push_str(&geometry);
     }
-    json.push_str(",\"set\":");
-    json.push_str(&Value::Object(set).to_string());
-    if !unset.is_empty() {
-        json.push_str(",\"unset\":");
-        json.push_str(&serde_json::to_string(&unset).unwrap_or_else(|_| "[]".to_owned()));
+    json.push_str(",\"set\":{");
+    let mut first = true;
+    for (key, value) in &new_fields {
+        if old.get(key).map(|v| v.get()) == Some(value.get()) {
+            continue;
+        }
+        if !first {
+            json.push(',');
+        }
+        first = false;
+        push_json_str(&mut json, key);
+        json.push(':');
+        json.push_str(value.get());
+    }
+    json.push('}');
+    let mut unset = old
+        .keys()
+        .filter(|k| !new_fields.contains_key(*k))
+        .peekable();
+    if unset.peek().is_some() {
+        json.push_str(",\"unset\":[");
+        for (i, key) in unset.enumerate() {
+            if i > 0 {
+                json.push(',');
+            }
+            push_json_str(&mut json, key);
+        }
+        json.push(']');
     }
     json.push('}');
     json
@@ -424,6 +445,13 @@ impl Batch {
         }
     }
 
+    /// Joins the deliveries in an encoding now, before sessions ask.
+    pub fn prepare(&self, precision: Precision, delta: bool) {
+        if let Some(slot) = variant_slot(precision, delta) {
+            self.joined(slot, precision, delta);
+        }
+    }
+
     /// The bound deliveries joined in one encoding: at `precision`, and as
     /// deltas where `delta` and a view at [`Batch::from`] holds the base.
     fn joined(&self, slot: usize, precision: Precision, delta: bool) -> &Joined {
@@ -473,6 +501,7 @@ mod tests {
     use beeld_layers::attrs::{Attrs, RegionCode, UnitStatus, UnitType};
     use beeld_layers::{Shape, Timestamp};
     use geo::Coord;
+    use serde_json::Value;
 
     fn unit(x: f64, status: &str, seq: u64) -> Feature {
         Feature {
@@ -537,6 +566,19 @@ mod tests {
     }
 
     #[test]
+    fn a_removed_property_is_unset_and_a_changed_one_set() {
+        let mut old = unit(5.1, "available", 7);
+        old.properties = r#"{"status":"available","note":"a \"quoted\" note","crew":4}"#.into();
+        let mut new = unit(5.1, "available", 9);
+        new.properties = r#"{"status":"available","crew":5}"#.into();
+        let delta: Value = serde_json::from_str(&encode_delta(&old, &new, None)).expect("json");
+        assert_eq!(delta["unset"], serde_json::json!(["note"]));
+        assert_eq!(delta["set"]["crew"], 5);
+        assert!(delta["set"].get("status").is_none(), "{delta}");
+        assert_eq!(delta["set"]["seq"], 9);
+    }
+
+    #[test]
     fn a_moved_feature_carries_its_geometry_at_the_precision() {
         let d = delivery(
             unit(5.1, "available", 7),
@@ -568,6 +610,7 @@ mod search {
 
     use super::*;
     use crate::output::push_feature;
+    use serde_json::Value;
 
     fn unit(id: &str, x: f64, y: f64, status: &str, seq: u64) -> Feature {
         Feature {

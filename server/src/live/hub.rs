@@ -29,7 +29,7 @@ use rstar::{AABB, RTree};
 use tokio::sync::{mpsc, watch};
 
 pub use super::batch::{Batch, Delivery, MAX_PRECISION};
-use crate::output::push_feature;
+use crate::output::{Precision, push_feature};
 use crate::state::StateHandle;
 
 /// How routing finds subscriptions.
@@ -114,11 +114,19 @@ struct Conn {
     lagging: Arc<AtomicBool>,
 }
 
-struct Route {
-    collections: Vec<Collection>,
-    bbox: Rect<f64>,
+/// What the hub needs to know of a subscription.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Its collections.
+    pub collections: Vec<Collection>,
+    /// Its viewport's box.
+    pub bbox: Rect<f64>,
     /// Whether the subscription wants enter/exit/alert events.
-    events: bool,
+    pub events: bool,
+    /// The encoding it takes runs in (`batch::Search::Runs`), if it does
+    /// (not with filters): the hub joins each encoding in use before
+    /// handing out a batch, so that no session waits on another to do it.
+    pub runs: Option<(Precision, bool)>,
 }
 
 type RouteKey = (ConnId, u32);
@@ -295,27 +303,13 @@ impl Hub {
     /// Routes changes touching `bbox` in `collections` to `(conn, key)`.
     /// Must be called before the session reads the store for the same
     /// viewport (see `docs/protocol.md`, "Consistency").
-    pub fn set_route(
-        &self,
-        conn: ConnId,
-        key: u32,
-        collections: Vec<Collection>,
-        bbox: Rect<f64>,
-        events: bool,
-    ) {
+    pub fn set_route(&self, conn: ConnId, key: u32, route: Route) {
         let mut router = self.router();
         remove_route(&mut router, (conn, key));
         router
             .index
-            .insert(GeomWithData::new(rectangle(&bbox), (conn, key)));
-        router.routes.insert(
-            (conn, key),
-            Route {
-                collections,
-                bbox,
-                events,
-            },
-        );
+            .insert(GeomWithData::new(rectangle(&route.bbox), (conn, key)));
+        router.routes.insert((conn, key), route);
     }
 
     /// Stops routing to `(conn, key)`.
@@ -514,6 +508,7 @@ impl Hub {
         // its own viewports. Events go by their boxes through the R-tree.
         let mut per_conn: HashMap<ConnId, Vec<(u32, Arc<EventDelivery>)>> = HashMap::new();
         let router = self.router();
+        let mut encodings: Vec<(Precision, bool)> = Vec::new();
         for (key, route) in &router.routes {
             let concerned = match self.inner.config.fanout {
                 FanoutMode::Indexed => batch.may_concern(&route.collections, &route.bbox),
@@ -521,6 +516,16 @@ impl Hub {
             };
             if concerned {
                 per_conn.entry(key.0).or_default();
+                if let Some(encoding) = route.runs
+                    && !encodings.contains(&encoding)
+                {
+                    encodings.push(encoding);
+                }
+            }
+        }
+        if self.inner.config.fanout == FanoutMode::Indexed {
+            for (precision, deltas) in encodings {
+                batch.prepare(precision, deltas);
             }
         }
         for (bbox, event) in events {

@@ -14,7 +14,7 @@ use beeld_layers::{Collection, Feature, FeatureId, Seq};
 use geo::{Rect, coord};
 
 use super::batch::{Batch, Hit, Search};
-use super::hub::{ConnId, FanoutMode, Hub, Tick};
+use super::hub::{ConnId, FanoutMode, Hub, Route, Tick};
 use super::protocol::{self, ClientMessage, DiffWriter, Outgoing, Piece, SnapshotWriter};
 
 /// Runs of at least this many bytes go to the socket as the batch's own
@@ -342,8 +342,13 @@ impl Session {
         };
         // Route first, then read the store: every change after the read is
         // routed to us (docs/protocol.md, "Consistency").
-        self.hub
-            .set_route(self.conn, key, parsed.clone(), rect, events);
+        let route = Route {
+            collections: parsed.clone(),
+            bbox: rect,
+            events,
+            runs: viewport.filters.is_empty().then_some((precision, deltas)),
+        };
+        self.hub.set_route(self.conn, key, route);
         let mut sub = Subscription {
             key,
             view: View::new(viewport),
@@ -398,13 +403,16 @@ impl Session {
             bbox: rect,
             ..sub.view.viewport().clone()
         };
-        self.hub.set_route(
-            self.conn,
-            sub.key,
-            viewport.collections.clone(),
-            rect,
-            sub.events,
-        );
+        let route = Route {
+            collections: viewport.collections.clone(),
+            bbox: rect,
+            events: sub.events,
+            runs: viewport
+                .filters
+                .is_empty()
+                .then_some((sub.precision, sub.deltas)),
+        };
+        self.hub.set_route(self.conn, sub.key, route);
         let from = sub.view.seq();
         let store = self.state.read();
         let moved = sub.view.move_to(&store, viewport).map(own);
