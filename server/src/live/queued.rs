@@ -9,8 +9,11 @@
 //! server's CPU and, with 1,000 clients, a buffer the size of each one's
 //! largest snapshot (BENCHMARKS.md, fan-out). So data frames (text or
 //! binary, never fragmented) are written here directly: their header and
-//! the message's own bytes, straight to the socket when nothing waits, and
-//! what the socket does not take is queued without copying. tungstenite
+//! the message's own bytes, straight to the socket when nothing waits;
+//! only what the socket does not take is copied, into the queue (a part
+//! may be a run of a tick's shared batch, which a slow client must not
+//! keep alive: 256 KiB of queued runs could otherwise hold a hundred
+//! batches of megabytes each). tungstenite
 //! still reads, answers pings and writes pings and the close frame, through
 //! the same queue ([`Shared`]), so frames never interleave: a write is
 //! always queued whole.
@@ -142,7 +145,7 @@ impl<S: AsyncWrite + Unpin> QueuedWrites<S> {
     ) -> Poll<io::Result<()>> {
         if self.chunks.is_empty() {
             // Straight through when nothing waits: only what the socket
-            // did not take is queued, as slices of the same bytes.
+            // did not take is queued.
             let slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
             let mut n = match Pin::new(&mut self.inner).poll_write_vectored(cx, &slices) {
                 Poll::Ready(Ok(n)) => n,
@@ -153,7 +156,7 @@ impl<S: AsyncWrite + Unpin> QueuedWrites<S> {
                 if n >= part.len() {
                     n -= part.len();
                 } else {
-                    self.push(part.slice(n..));
+                    self.push(Bytes::copy_from_slice(&part[n..]));
                     n = 0;
                 }
             }
@@ -168,7 +171,7 @@ impl<S: AsyncWrite + Unpin> QueuedWrites<S> {
             }
         }
         for part in parts.drain(..) {
-            self.push(part);
+            self.push(Bytes::copy_from_slice(&part));
         }
         Poll::Ready(Ok(()))
     }
