@@ -110,7 +110,7 @@ pub struct ServeArgs {
     #[arg(long, env = "BEELD_TICK_MS", value_name = "MS")]
     pub tick_ms: Option<u64>,
     /// Ticks a live client may have queued before it is resynchronised
-    /// [default: 32].
+    /// [default: 32, or two seconds of ticks when that is more].
     #[arg(long, env = "BEELD_CLIENT_QUEUE_TICKS", value_name = "N")]
     pub client_queue_ticks: Option<usize>,
     /// Resyncs per minute after which a slow live client is disconnected
@@ -430,15 +430,16 @@ impl Config {
             return Err(invalid("limits", "limits must be at least 1"));
         }
         let live_defaults = crate::live::LiveConfig::default();
+        let tick = args
+            .tick_ms
+            .or(file.live.tick_ms)
+            .map_or(live_defaults.tick, Duration::from_millis);
         let live = crate::live::LiveConfig {
-            tick: args
-                .tick_ms
-                .or(file.live.tick_ms)
-                .map_or(live_defaults.tick, Duration::from_millis),
+            tick,
             queue_ticks: args
                 .client_queue_ticks
                 .or(file.live.client_queue_ticks)
-                .unwrap_or(live_defaults.queue_ticks),
+                .unwrap_or_else(|| crate::live::LiveConfig::default_queue_ticks(tick)),
             max_resyncs_per_minute: args
                 .max_resyncs_per_minute
                 .or(file.live.max_resyncs_per_minute)
@@ -713,6 +714,22 @@ mod tests {
         assert_eq!(c.ttl_ms[Collection::Units.index()], Some(1_800_000));
         assert_eq!(c.feeds[0].collections.len(), 1);
         assert_eq!(c.max_batch_features, 10_000);
+    }
+
+    #[test]
+    fn the_tick_queue_holds_two_seconds_at_short_ticks() {
+        let resolve = |tick_ms: u64, queue: Option<usize>| {
+            let args = ServeArgs {
+                tick_ms: Some(tick_ms),
+                client_queue_ticks: queue,
+                ..ServeArgs::default()
+            };
+            Config::resolve(args).unwrap().live.queue_ticks
+        };
+        assert_eq!(resolve(100, None), 32);
+        assert_eq!(resolve(10, None), 200);
+        assert_eq!(resolve(1, None), 2_000);
+        assert_eq!(resolve(10, Some(8)), 8, "a flag wins");
     }
 
     #[test]

@@ -49,7 +49,8 @@ pub enum FanoutMode {
 pub struct LiveConfig {
     /// How often diffs are sent; changes within a tick are coalesced.
     pub tick: Duration,
-    /// Ticks a connection may have queued before it is flagged to resync.
+    /// Ticks a connection may have queued before it is flagged to resync
+    /// ([`LiveConfig::default_queue_ticks`]).
     pub queue_ticks: usize,
     /// Largest inbound message.
     pub max_message_bytes: usize,
@@ -84,6 +85,22 @@ impl Default for LiveConfig {
             max_subscriptions: 16,
             fanout: FanoutMode::Indexed,
         }
+    }
+}
+
+impl LiveConfig {
+    /// The default queue: 32 ticks, or two seconds of ticks when that is
+    /// more. A queued tick is an `Arc` of a batch every connection shares,
+    /// so depth costs a few bytes per tick; at a 10 ms tick, 32 would be a
+    /// third of a second of lag before a catch-up, which reads the change
+    /// log for everything since and so costs far more than the ticks it
+    /// replaces (at 10,000 moves/s that tipped every client into catching
+    /// up, BENCHMARKS.md).
+    pub fn default_queue_ticks(tick: Duration) -> usize {
+        let two_seconds = Duration::from_secs(2).as_nanos() / tick.as_nanos().max(1);
+        usize::try_from(two_seconds)
+            .unwrap_or(usize::MAX)
+            .clamp(32, 10_000)
     }
 }
 
