@@ -27,8 +27,8 @@
 //! remove of an id it lacks, change nothing), which is also what makes
 //! resume and over-delivery safe.
 
-use std::collections::HashMap;
-use std::collections::hash_map::Entry;
+use hashbrown::HashMap;
+use hashbrown::hash_map::Entry;
 
 use geo::{Intersects, Rect};
 

@@ -525,6 +525,71 @@ async fn random_load_keeps_every_client_exact() {
     server.stop().await.unwrap();
 }
 
+/// Hundreds of changes per tick inside a viewport reach a client as runs
+/// of the tick's shared text, spliced into its messages unchanged; a
+/// client assembling them, whole or as field deltas at a precision, holds
+/// exactly what a fresh snapshot gives, feature for feature.
+#[tokio::test]
+async fn large_ticks_sent_as_shared_runs_leave_clients_exact() {
+    let server = fast_server().await;
+    let bbox = [5.5, 50.6, 6.3, 51.1];
+    let mut clients = Vec::new();
+    for options in [json!({}), json!({"precision": 6, "deltas": true})] {
+        let mut sub = subscribe("s", &["units"], bbox);
+        for (k, v) in options.as_object().expect("options") {
+            sub[k] = v.clone();
+        }
+        let mut client = WsClient::connect(&server).await;
+        client.send(sub.clone()).await;
+        client.next_of("snapshot").await;
+        clients.push((client, sub));
+    }
+    let mut rng = Rng::new(7);
+    let mut at: Vec<(f64, f64)> = (0..600)
+        .map(|_| (rng.range(5.6, 6.2), rng.range(50.7, 51.0)))
+        .collect();
+    for round in 0..4 {
+        let batch = at
+            .iter_mut()
+            .enumerate()
+            .map(|(i, (x, y))| {
+                *x += rng.range(-0.001, 0.001);
+                *y += rng.range(-0.001, 0.001);
+                let status = if round % 2 == 1 && i % 10 == 0 {
+                    "en_route"
+                } else {
+                    "available"
+                };
+                unit(&format!("big{i}"), *x, *y, status)
+            })
+            .collect();
+        server.post("units", TOKEN_VR24, &collection(batch)).await;
+        // More than a tick apart, so that later rounds are deltas.
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    let picture = |client: &WsClient| -> Vec<Value> {
+        client
+            .picture
+            .iter()
+            .filter(|((sub, _, _), _)| sub == "s")
+            .map(|(_, f)| f.clone())
+            .collect()
+    };
+    for (client, sub) in &mut clients {
+        client.drain(Duration::from_millis(400)).await;
+        let mut fresh = WsClient::connect(&server).await;
+        fresh.send(sub.clone()).await;
+        fresh.next_of("snapshot").await;
+        let (held, want) = (picture(client), picture(&fresh));
+        assert_eq!(want.len(), 600);
+        assert!(
+            held == want,
+            "{sub}: the assembled picture differs from a fresh snapshot"
+        );
+    }
+    server.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn server_sent_events_stream_snapshot_diffs_and_resume() {
     let server = fast_server().await;
