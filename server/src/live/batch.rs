@@ -505,10 +505,16 @@ mod tests {
     use serde_json::Value;
 
     fn unit(x: f64, status: &str, seq: u64) -> Feature {
+        let properties = format!(r#"{{"status":"{status}","call_sign":"A-1"}}"#);
+        unit_at("u1", x, 52.1, &properties, seq)
+    }
+
+    /// An ambulance of VR09 at `(x, y)` with these properties.
+    pub(super) fn unit_at(id: &str, x: f64, y: f64, properties: &str, seq: u64) -> Feature {
         Feature {
-            id: "u1".into(),
-            shape: Shape::Point(Coord { x, y: 52.1 }),
-            properties: format!(r#"{{"status":"{status}","call_sign":"A-1"}}"#).into(),
+            id: id.into(),
+            shape: Shape::Point(Coord { x, y }),
+            properties: properties.into(),
             attrs: Attrs::Unit {
                 unit_type: UnitType::Ambulance,
                 status: UnitStatus::Available,
@@ -603,10 +609,8 @@ mod tests {
 mod search {
     use std::collections::BTreeMap;
 
-    use beeld_layers::attrs::{Attrs, RegionCode, UnitStatus, UnitType};
     use beeld_layers::view::{Item, View, Viewport};
-    use beeld_layers::{Shape, Timestamp};
-    use geo::{Coord, coord};
+    use geo::coord;
     use proptest::prelude::*;
 
     use super::*;
@@ -614,22 +618,7 @@ mod search {
     use serde_json::Value;
 
     fn unit(id: &str, x: f64, y: f64, status: &str, seq: u64) -> Feature {
-        Feature {
-            id: id.into(),
-            shape: Shape::Point(Coord { x, y }),
-            properties: format!(r#"{{"status":"{status}"}}"#).into(),
-            attrs: Attrs::Unit {
-                unit_type: UnitType::Ambulance,
-                status: UnitStatus::Available,
-                home_region: RegionCode::parse("VR09").expect("code"),
-            },
-            feed: "vr09".into(),
-            observed_at: Timestamp(1_000),
-            received_at: Timestamp(2_000),
-            expires_at: None,
-            seq: Seq(seq),
-            place: beeld_layers::relate::Place::default(),
-        }
+        super::tests::unit_at(id, x, y, &format!(r#"{{"status":"{status}"}}"#), seq)
     }
 
     /// One changed unit: where it was (and at which seq, relative to the

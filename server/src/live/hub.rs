@@ -70,13 +70,10 @@ pub struct LiveConfig {
 
 impl Default for LiveConfig {
     fn default() -> Self {
+        let tick = Duration::from_millis(100);
         LiveConfig {
-            tick: Duration::from_millis(100),
-            // Queued ticks are coalesced into one diff when the connection
-            // gets to them, so a deeper queue absorbs a stall cheaply; a
-            // full one costs a catch-up against the whole store. 32 ticks
-            // is 3.2 s at the default tick (BENCHMARKS.md, fan-out).
-            queue_ticks: 32,
+            tick,
+            queue_ticks: LiveConfig::default_queue_ticks(tick),
             max_message_bytes: 64 * 1024,
             messages_per_second: 50,
             heartbeat: Duration::from_secs(10),
