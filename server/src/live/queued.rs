@@ -202,7 +202,8 @@ impl<S> Shared<S> {
 
 impl<S: AsyncWrite + Unpin> Shared<S> {
     /// Sends one whole data message as a single frame: its header and the
-    /// message's parts, in order, without copying them.
+    /// message's parts, in order; what the socket takes at once is not
+    /// copied.
     pub async fn send(&self, opcode: Opcode, payload: Vec<Bytes>) -> io::Result<()> {
         let len = payload.iter().map(Bytes::len).sum();
         let mut parts = Vec::with_capacity(payload.len() + 1);
