@@ -278,8 +278,10 @@ impl View {
         with_previous: bool,
     ) -> Option<Item<'f>> {
         if change.routed <= from {
-            // Merged from a tick the view had passed (it moved and read the
-            // store after that tick was routed).
+            // Routed no later than the view's seq: the view read the store
+            // since (a viewport move), so its state is newer. The server
+            // skips whole ticks like this (`begin_tick`); a caller that
+            // merges queued ticks meets it per change.
             return None;
         }
         let collection = change.collection;
@@ -507,7 +509,9 @@ mod tests {
         Delete(u8),
         Expire(i64),
         /// The hub routes a tick; with `true` the session then takes every
-        /// queued tick at once (merged, as `hub::Tick::absorb_queued` does).
+        /// queued tick at once, merged. The server now takes them in order
+        /// (one diff each); the view still decides merged changes right,
+        /// and this keeps that tested.
         Tick(bool),
         Move(f64, f64, f64, bool),
         Fork,

@@ -37,8 +37,6 @@ pub struct Delivery {
     /// The box of the feature before and after the tick's changes, joined:
     /// every viewport that could have seen either state touches it.
     pub touched: Rect<f64>,
-    /// The seq of the tick that routed it.
-    pub tick_seq: Seq,
     /// Its state at the tick's seq; `None` when gone.
     pub feature: Option<Arc<Feature>>,
     /// The seq of the first change after `previous`: `previous` is the
@@ -104,12 +102,12 @@ impl Delivery {
         self.previous.as_ref().map(|f| f.seq)
     }
 
-    /// The delivery as the view decides it.
-    pub fn change(&self) -> Change<'_> {
+    /// The delivery as the view decides it, for a batch routed at `routed`.
+    pub fn change(&self, routed: Seq) -> Change<'_> {
         Change {
             collection: self.collection,
             id: &self.id,
-            routed: self.tick_seq,
+            routed,
             current: self.feature.as_deref(),
             gone: self.gone,
             first: self.first,
@@ -363,6 +361,7 @@ impl Batch {
     }
 
     /// The deliveries, in no particular order.
+    #[cfg(test)]
     pub fn deliveries(&self) -> &[Delivery] {
         &self.deliveries
     }
@@ -536,7 +535,6 @@ mod tests {
             touched: feature.shape.bbox(),
             collection: Collection::Units,
             id: "u1".into(),
-            tick_seq: feature.seq,
             first: feature.seq,
             feature: Some(Arc::new(feature)),
             previous: Some(Arc::new(previous)),
@@ -679,7 +677,6 @@ mod search {
                     collection: Collection::Units,
                     id: id.into(),
                     touched,
-                    tick_seq: Seq(120),
                     first: beeld_layers::view::first_change_after(
                         previous.as_ref().map(|f| f.seq),
                         [first, first, Seq(120)],
@@ -724,7 +721,7 @@ mod search {
                     upsert(&item.to_string());
                 }
             }
-            Hit::One(d) => match view.update(from, &d.change(), deltas) {
+            Hit::One(d) => match view.update(from, &d.change(batch.seq), deltas) {
                 Some(Item::Upsert { previous, .. }) => {
                     let delta = deltas && previous.is_some() && previous == d.previous_seq();
                     upsert(&d.variant(precision, delta).expect("a feature"));

@@ -473,7 +473,6 @@ impl Hub {
                             collection,
                             id,
                             touched: bbox,
-                            tick_seq: seq,
                             feature,
                             first: seqs[0],
                             previous: None,

@@ -532,7 +532,10 @@ impl Session {
                         }
                         Hit::One(delivery) => delivery,
                     };
-                    match sub.view.update(from, &delivery.change(), sub.deltas) {
+                    match sub
+                        .view
+                        .update(from, &delivery.change(batch.seq), sub.deltas)
+                    {
                         Some(Item::Upsert {
                             collection,
                             feature,
