@@ -37,6 +37,8 @@ run "1000 clients, 0.5-5 deg viewports, 1000 moves/s, tick 100 ms" "" "--clients
 run "same, naive routing baseline" "--fanout naive" "--clients 1000 --rate 1000 --seconds $seconds"
 run "1000 clients, 0.5-5 deg viewports, 10000 moves/s, tick 100 ms" "" "--clients 1000 --rate 10000 --seconds $seconds"
 run "same, naive routing baseline" "--fanout naive" "--clients 1000 --rate 10000 --seconds $seconds"
+# Every connection ticking at once, as before the ticks were staggered.
+run "same, ticks not staggered" "--tick-phases 1" "--clients 1000 --rate 10000 --seconds $seconds"
 run "1000 clients, 0.5-5 deg viewports, 1000 moves/s, tick 10 ms" "--tick-ms 10" "--clients 1000 --rate 1000 --seconds $seconds"
 run "1000 clients, 0.5-5 deg viewports, 10000 moves/s, tick 10 ms" "--tick-ms 10" "--clients 1000 --rate 10000 --seconds $seconds"
 run "dense: 200 clients see the whole country, 10000 moves/s" "" "--clients 200 --rate 10000 --seconds $seconds --dense"

@@ -113,6 +113,11 @@ pub struct ServeArgs {
     /// [default: 32, or two seconds of ticks when that is more].
     #[arg(long, env = "BEELD_CLIENT_QUEUE_TICKS", value_name = "N")]
     pub client_queue_ticks: Option<usize>,
+    /// Groups of live connections whose ticks are staggered over the tick
+    /// period, so that a tick's bytes go out in several small bursts, 1 to
+    /// 16 [default: one per 10 ms of tick, at most 10].
+    #[arg(long, env = "BEELD_TICK_PHASES", value_name = "N")]
+    pub tick_phases: Option<usize>,
     /// Resyncs per minute after which a slow live client is disconnected
     /// [default: 6].
     #[arg(long, env = "BEELD_MAX_RESYNCS_PER_MINUTE", value_name = "N")]
@@ -211,6 +216,7 @@ struct FileLimits {
 struct FileLive {
     tick_ms: Option<u64>,
     client_queue_ticks: Option<usize>,
+    tick_phases: Option<usize>,
     max_resyncs_per_minute: Option<usize>,
     ws_max_message_bytes: Option<usize>,
     ws_messages_per_second: Option<u32>,
@@ -457,8 +463,18 @@ impl Config {
                 .or(file.live.heartbeat_s)
                 .map_or(live_defaults.heartbeat, Duration::from_secs),
             fanout: args.fanout.or(file.live.fanout).unwrap_or_default(),
+            phases: args
+                .tick_phases
+                .or(file.live.tick_phases)
+                .unwrap_or_else(|| crate::live::LiveConfig::default_phases(tick)),
             ..live_defaults
         };
+        if !(1..=crate::live::MAX_PHASES).contains(&live.phases) {
+            return Err(invalid(
+                "tick-phases",
+                format!("must be 1 to {}", crate::live::MAX_PHASES),
+            ));
+        }
         if live.tick.is_zero() || live.queue_ticks == 0 || live.heartbeat.is_zero() {
             return Err(invalid(
                 "live",
@@ -730,6 +746,25 @@ mod tests {
         assert_eq!(resolve(10, None), 200);
         assert_eq!(resolve(1, None), 2_000);
         assert_eq!(resolve(10, Some(8)), 8, "a flag wins");
+    }
+
+    #[test]
+    fn ticks_are_staggered_in_groups_of_10_ms() {
+        let resolve = |tick_ms: u64, phases: Option<usize>| {
+            let args = ServeArgs {
+                tick_ms: Some(tick_ms),
+                tick_phases: phases,
+                ..ServeArgs::default()
+            };
+            Config::resolve(args).map(|c| c.live.phases)
+        };
+        assert_eq!(resolve(100, None).unwrap(), 10);
+        assert_eq!(resolve(50, None).unwrap(), 5);
+        assert_eq!(resolve(10, None).unwrap(), 1);
+        assert_eq!(resolve(1000, None).unwrap(), 10);
+        assert_eq!(resolve(100, Some(4)).unwrap(), 4, "a flag wins");
+        assert!(resolve(100, Some(0)).is_err());
+        assert!(resolve(100, Some(17)).is_err());
     }
 
     #[test]

@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use beeld_fixtures::Rng;
+use beeld_server::live::LiveConfig;
 use beeld_tests::{TOKEN_VR24, TestServer, WsClient, collection, hazard, unit};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -19,7 +20,11 @@ fn subscribe(id: &str, collections: &[&str], bbox: [f64; 4]) -> Value {
 }
 
 async fn fast_server() -> TestServer {
-    TestServer::start_with(|c| c.live.tick = Duration::from_millis(20)).await
+    TestServer::start_with(|c| {
+        c.live.tick = Duration::from_millis(20);
+        c.live.phases = LiveConfig::default_phases(c.live.tick);
+    })
+    .await
 }
 
 fn ids(change: &Value, op: &str) -> Vec<String> {
@@ -391,44 +396,83 @@ struct Tracked {
     client: WsClient,
     bbox: [f64; 4],
     filters: Value,
+    /// Encoding options (`precision`, `deltas`).
+    options: Value,
 }
 
-fn subscription(bbox: [f64; 4], filters: &Value, since: Option<u64>) -> Value {
-    let mut message = json!({"type": "subscribe", "id": "s", "collections": ["units", "hazards"], "bbox": bbox, "filters": filters});
-    if let Some(since) = since {
-        message["since"] = json!(since);
+impl Tracked {
+    fn subscription(&self, since: Option<u64>) -> Value {
+        let mut message = json!({"type": "subscribe", "id": "s", "collections": ["units", "hazards"], "bbox": self.bbox, "filters": self.filters});
+        for (k, v) in self.options.as_object().expect("options") {
+            message[k] = v.clone();
+        }
+        if let Some(since) = since {
+            message["since"] = json!(since);
+        }
+        message
     }
-    message
+
+    /// Every feature the client holds for `s`, whole.
+    fn picture(&self) -> Vec<Value> {
+        self.client
+            .picture
+            .iter()
+            .filter(|((sub, _, _), _)| sub == "s")
+            .map(|(_, f)| f.clone())
+            .collect()
+    }
 }
 
 /// The core invariant end to end: random writes, moves, deletes, viewport
 /// changes, disconnects and resumes; afterwards every client holds exactly
-/// what a fresh snapshot of its viewport holds.
+/// what a fresh snapshot of its viewport holds, feature for feature.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_load_keeps_every_client_exact() {
-    let server = fast_server().await;
-    let mut rng = Rng::new(42);
+    random_load(1, 42).await;
+}
+
+/// The same with ticks staggered over four groups of connections, each
+/// with its own chain of batches and its own delta bases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_load_keeps_every_client_exact_with_staggered_ticks() {
+    random_load(4, 43).await;
+}
+
+async fn random_load(phases: usize, seed: u64) {
+    let server = TestServer::start_with(|c| {
+        c.live.tick = Duration::from_millis(20);
+        c.live.phases = phases;
+    })
+    .await;
+    let mut rng = Rng::new(seed);
     let random_bbox = |rng: &mut Rng| {
         let (x, y) = (rng.range(5.5, 6.0), rng.range(50.7, 51.0));
         let size = rng.range(0.05, 0.4);
         [x, y, x + size, y + size]
     };
     let mut clients = Vec::new();
-    for i in 0..4 {
+    for i in 0..8 {
         let bbox = random_bbox(&mut rng);
         let filters = if i == 3 {
             json!({"status": "available"})
         } else {
             json!({})
         };
-        let mut client = WsClient::connect(&server).await;
-        client.send(subscription(bbox, &filters, None)).await;
-        client.next_of("snapshot").await;
-        clients.push(Tracked {
-            client,
+        let options = match i {
+            4 | 5 => json!({"deltas": true}),
+            6 => json!({"deltas": true, "precision": 6}),
+            7 => json!({"precision": 5}),
+            _ => json!({}),
+        };
+        let mut tracked = Tracked {
+            client: WsClient::connect(&server).await,
             bbox,
             filters,
-        });
+            options,
+        };
+        tracked.client.send(tracked.subscription(None)).await;
+        tracked.client.next_of("snapshot").await;
+        clients.push(tracked);
     }
     for round in 0..40 {
         let mut batch = Vec::new();
@@ -495,10 +539,8 @@ async fn random_load_keeps_every_client_exact() {
                     )
                     .await;
                 tracked.client.picture = picture;
-                tracked
-                    .client
-                    .send(subscription(tracked.bbox, &tracked.filters, Some(seq)))
-                    .await;
+                let resume = tracked.subscription(Some(seq));
+                tracked.client.send(resume).await;
             }
             _ => {}
         }
@@ -510,16 +552,101 @@ async fn random_load_keeps_every_client_exact() {
     }
     for (i, tracked) in clients.iter_mut().enumerate() {
         tracked.client.drain(Duration::from_millis(400)).await;
-        let mut fresh = WsClient::connect(&server).await;
-        fresh
-            .send(subscription(tracked.bbox, &tracked.filters, None))
-            .await;
-        fresh.next_of("snapshot").await;
+        let mut fresh = Tracked {
+            client: WsClient::connect(&server).await,
+            bbox: tracked.bbox,
+            filters: tracked.filters.clone(),
+            options: tracked.options.clone(),
+        };
+        fresh.client.send(fresh.subscription(None)).await;
+        fresh.client.next_of("snapshot").await;
         assert_eq!(
             tracked.client.held("s"),
-            fresh.held("s"),
-            "client {i} (filters {})",
-            tracked.filters
+            fresh.client.held("s"),
+            "client {i} (filters {}, options {})",
+            tracked.filters,
+            tracked.options
+        );
+        assert!(
+            tracked.picture() == fresh.picture(),
+            "client {i} (options {}): features differ from a fresh snapshot",
+            tracked.options
+        );
+    }
+    server.stop().await.unwrap();
+}
+
+/// Staggered ticks with writes faster than a step: the groups' batches
+/// then start from different versions of the same feature, and each
+/// group's clients must be diffed from the version they hold. Units jump
+/// in and out of the viewport, so a group diffed from another group's
+/// version would miss a remove or send a delta against the wrong base.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staggered_groups_diff_from_their_own_versions() {
+    let server = TestServer::start_with(|c| {
+        c.live.tick = Duration::from_millis(40);
+        c.live.phases = 4;
+    })
+    .await;
+    let bbox = [5.6, 50.7, 5.9, 50.9];
+    let mut clients = Vec::new();
+    for i in 0..8 {
+        let mut tracked = Tracked {
+            client: WsClient::connect(&server).await,
+            bbox,
+            filters: json!({}),
+            options: if i % 2 == 0 {
+                json!({})
+            } else {
+                json!({"deltas": true})
+            },
+        };
+        tracked.client.send(tracked.subscription(None)).await;
+        tracked.client.next_of("snapshot").await;
+        clients.push(tracked);
+    }
+    let mut rng = Rng::new(11);
+    for round in 0..150 {
+        let batch = (0..4)
+            .map(|_| {
+                let i = rng.below(12);
+                // Half inside the viewport, half just outside it.
+                let (x, y) = if rng.below(2) == 0 {
+                    (rng.range(5.6, 5.9), rng.range(50.7, 50.9))
+                } else {
+                    (rng.range(5.95, 6.2), rng.range(50.7, 50.9))
+                };
+                let status = ["available", "en_route", "on_scene"][rng.below(3)];
+                unit(&format!("j{i}"), x, y, status)
+            })
+            .collect();
+        server.post("units", TOKEN_VR24, &collection(batch)).await;
+        if round % 10 == 0 {
+            for tracked in &mut clients {
+                while let Some(message) = tracked.client.next_frame(Duration::from_millis(1)).await
+                {
+                    tracked.client.apply(&message);
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    for (i, tracked) in clients.iter_mut().enumerate() {
+        tracked.client.drain(Duration::from_millis(300)).await;
+        let mut fresh = Tracked {
+            client: WsClient::connect(&server).await,
+            bbox,
+            filters: json!({}),
+            options: tracked.options.clone(),
+        };
+        fresh.client.send(fresh.subscription(None)).await;
+        fresh.client.next_of("snapshot").await;
+        assert!(
+            tracked.picture() == fresh.picture(),
+            "client {i} ({}): {:?} held, {:?} in a fresh snapshot",
+            tracked.options,
+            tracked.client.held("s"),
+            fresh.client.held("s"),
         );
     }
     server.stop().await.unwrap();
@@ -687,6 +814,7 @@ async fn server_sent_events_stream_snapshot_diffs_and_resume() {
 async fn slow_subscriber_catches_up_without_blocking_others() {
     let server = TestServer::start_with(|c| {
         c.live.tick = Duration::from_millis(20);
+        c.live.phases = 1;
         c.live.queue_ticks = 2;
         c.live.max_resyncs_per_minute = 1000;
         // This test is about catching up; the disconnect has its own test.

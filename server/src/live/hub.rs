@@ -11,12 +11,23 @@
 //! is full is not waited for: its tick is dropped and it is flagged to
 //! catch up, so a slow client never slows ingest or other clients.
 //!
+//! Connections are split into [`LiveConfig::phases`] groups whose ticks
+//! are staggered evenly over the tick period: each group still gets one
+//! diff per tick, covering exactly the tick before it, but the groups take
+//! turns, so the server sends a tick's bytes in several small bursts
+//! rather than one. With one burst, the last client of a tick waited for
+//! every other client's bytes to be copied first; that burst, not routing,
+//! set the latency tail (BENCHMARKS.md). Each group is a chain of batches
+//! of its own, with its own delta bases ([`Version::chains`]) and its own
+//! routed seq.
+//!
 //! The hub runs on its own OS thread (`beeld-fanout`), owned by
 //! [`crate::run`], which stops it through [`Hub::stop`] at shutdown.
 
 use hashbrown::HashMap;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use beeld_layers::change::union;
@@ -28,7 +39,7 @@ use rstar::primitives::{GeomWithData, Rectangle};
 use rstar::{AABB, RTree};
 use tokio::sync::{mpsc, watch};
 
-pub use super::batch::{Batch, Delivery, MAX_PRECISION};
+pub use super::batch::{Batch, Delivery, MAX_PRECISION, Variants};
 use crate::output::{Precision, push_feature};
 use crate::state::StateHandle;
 
@@ -66,6 +77,10 @@ pub struct LiveConfig {
     pub max_subscriptions: usize,
     /// Routing strategy.
     pub fanout: FanoutMode,
+    /// Groups of connections whose ticks are staggered over the tick
+    /// period ([`LiveConfig::default_phases`]); 1 sends every tick to
+    /// every connection at once.
+    pub phases: usize,
 }
 
 impl Default for LiveConfig {
@@ -81,9 +96,14 @@ impl Default for LiveConfig {
             max_resyncs_per_minute: 6,
             max_subscriptions: 16,
             fanout: FanoutMode::Indexed,
+            phases: LiveConfig::default_phases(tick),
         }
     }
 }
+
+/// The most phase groups ([`LiveConfig::phases`]): one bit each in
+/// [`Version::chains`].
+pub const MAX_PHASES: usize = 16;
 
 impl LiveConfig {
     /// The default queue: 32 ticks, or two seconds of ticks when that is
@@ -98,6 +118,16 @@ impl LiveConfig {
         usize::try_from(two_seconds)
             .unwrap_or(usize::MAX)
             .clamp(32, 10_000)
+    }
+
+    /// The default phase groups: one per 10 ms of tick, at most 10 (so 10
+    /// at the default 100 ms tick, and 1, no staggering, at 10 ms). Each
+    /// group's batch is built on its own, so every change is encoded into
+    /// a batch once per group; steps shorter than 10 ms would cost the hub
+    /// more than the smaller bursts save.
+    pub fn default_phases(tick: Duration) -> usize {
+        let steps = tick.as_millis() / 10;
+        usize::try_from(steps).unwrap_or(10).clamp(1, 10)
     }
 }
 
@@ -179,9 +209,68 @@ impl HubStats {
     }
 }
 
-/// Latest version of each feature the hub has seen, with its full-precision
-/// GeoJSON; the version is kept as the base of the next tick's deltas.
-type Encodings = hashbrown::HashMap<(Collection, FeatureId), (Arc<Feature>, Arc<str>)>;
+/// A version of a feature the hub knows, with its full-precision GeoJSON.
+#[derive(Debug)]
+struct Version {
+    feature: Arc<Feature>,
+    json: Arc<str>,
+    /// The phase groups (one bit each) for which this version is the
+    /// feature's state at their last tick: the base of their next tick's
+    /// deltas, and what their clients that kept up hold. Set by the
+    /// group's tick that routed it, or by a snapshot that read it after
+    /// that tick ([`Hub::encoded`]). Zero for a version only kept as an
+    /// encoding (for snapshots and catch-ups).
+    chains: u16,
+    /// Its other encodings (precisions, deltas), per base version diffed
+    /// from: every group's delivery of this version from the same base
+    /// shares them, so each is made once, not once per group.
+    variants: Vec<(Option<Seq>, Arc<Variants>)>,
+}
+
+impl Version {
+    /// The encodings of this version diffed from `base`.
+    fn variants_from(&mut self, base: Option<Seq>) -> Arc<Variants> {
+        if let Some((_, variants)) = self.variants.iter().find(|(b, _)| *b == base) {
+            return Arc::clone(variants);
+        }
+        // Bases differ only while a change passes through the groups; a
+        // few are plenty, and a dropped one is only made again.
+        if self.variants.len() >= 4 {
+            self.variants.remove(0);
+        }
+        let variants = Arc::<Variants>::default();
+        self.variants.push((base, Arc::clone(&variants)));
+        variants
+    }
+}
+
+/// What the hub knows of features' versions, under one lock.
+#[derive(Debug, Default)]
+struct Known {
+    /// Per feature: the base of each phase group (usually one version all
+    /// groups share; two or three while a change makes its way through
+    /// the groups), and the newest version as a cache of its encoding.
+    versions: hashbrown::HashMap<(Collection, FeatureId), Vec<Version>>,
+    /// The phase groups that keep bases: those with routes. A group
+    /// without any is not given batches, so its bases would go stale.
+    active: u16,
+}
+
+/// Drops versions that are nobody's base, except the newest (the encoding
+/// cache) when `keep_newest`.
+fn prune(versions: &mut Vec<Version>, keep_newest: bool) {
+    let newest = versions.iter().map(|v| v.feature.seq).max();
+    versions.retain(|v| v.chains != 0 || (keep_newest && Some(v.feature.seq) == newest));
+}
+
+/// The state of one phase group's chain of batches.
+#[derive(Debug, Clone, Copy)]
+struct Chain {
+    /// The seq its last batch went up to.
+    last: Seq,
+    /// The last event it routed.
+    last_event: u64,
+}
 
 struct Inner {
     /// std Mutex: held for microseconds by sessions (route changes) and for
@@ -191,11 +280,12 @@ struct Inner {
     /// changed each tick, snapshots and catch-ups fill in the rest. Without
     /// it a catch-up re-encoded a client's whole view, and under load that
     /// made slow clients the most expensive ones (BENCHMARKS.md).
-    encodings: std::sync::RwLock<Encodings>,
+    encodings: std::sync::RwLock<Known>,
     config: LiveConfig,
     next_conn: AtomicU64,
-    /// The seq of the last tick routed (all its sends done).
-    routed: AtomicU64,
+    /// Per phase group, the seq of its last tick routed (all its sends
+    /// done).
+    routed: Box<[AtomicU64]>,
     stopped: AtomicBool,
     /// Tells sessions the server is shutting down, so they close cleanly.
     shutdown: watch::Sender<bool>,
@@ -219,13 +309,14 @@ impl std::fmt::Debug for Hub {
 impl Hub {
     /// A hub with no connections.
     pub fn new(config: LiveConfig) -> Hub {
+        let phases = config.phases.clamp(1, MAX_PHASES);
         Hub {
             inner: Arc::new(Inner {
                 router: Mutex::new(Router::default()),
-                encodings: std::sync::RwLock::new(Encodings::new()),
+                encodings: std::sync::RwLock::new(Known::default()),
                 config,
                 next_conn: AtomicU64::new(1),
-                routed: AtomicU64::new(0),
+                routed: (0..phases).map(|_| AtomicU64::new(0)).collect(),
                 stopped: AtomicBool::new(false),
                 shutdown: watch::channel(false).0,
                 stats: HubStats::default(),
@@ -251,35 +342,90 @@ impl Hub {
     }
 
     /// The feature as GeoJSON at full precision, encoded once per version.
-    pub fn encoded(&self, collection: Collection, feature: &Feature) -> Arc<str> {
+    /// `at`: a seq at which it was the current version (the snapshot's
+    /// that read it). For a group whose last tick is between the version's
+    /// seq and `at`, and that has no base for the feature (it has not
+    /// changed since that group's batches began), it becomes the base: a
+    /// change right after the snapshot is then sent as a delta from it.
+    pub fn encoded(&self, collection: Collection, feature: &Feature, at: Seq) -> Arc<str> {
         let key = (collection, Arc::clone(&feature.id));
-        if let Some((known, json)) = self
-            .inner
-            .encodings
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(&key)
-            && known.seq == feature.seq
-        {
-            return Arc::clone(json);
-        }
-        let mut json = String::with_capacity(320);
-        push_feature(&mut json, feature);
-        let json: Arc<str> = json.into();
-        let mut encodings = self
+        let known_json = {
+            let known = self
+                .inner
+                .encodings
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let found = known.versions.get(&key).and_then(|versions| {
+                let v = versions.iter().find(|v| v.feature.seq == feature.seq)?;
+                Some((versions, v))
+            });
+            match found {
+                Some((versions, v)) => {
+                    if self.bases_to_take(versions, feature.seq, at, known.active) == 0 {
+                        return Arc::clone(&v.json);
+                    }
+                    Some(Arc::clone(&v.json))
+                }
+                None => None,
+            }
+        };
+        let json = known_json.unwrap_or_else(|| {
+            let mut json = String::with_capacity(320);
+            push_feature(&mut json, feature);
+            json.into()
+        });
+        let mut known = self
             .inner
             .encodings
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        // Never replace a newer version the hub stored meanwhile: it is the
-        // base of the next tick's deltas.
-        let newer = encodings
-            .get(&key)
-            .is_some_and(|(known, _)| known.seq > feature.seq);
-        if !newer {
-            encodings.insert(key, (Arc::new(feature.clone()), Arc::clone(&json)));
-        }
+        let active = known.active;
+        let versions = known.versions.entry(key).or_default();
+        let take = self.bases_to_take(versions, feature.seq, at, active);
+        let json = match versions.iter_mut().find(|v| v.feature.seq == feature.seq) {
+            Some(v) => {
+                v.chains |= take;
+                Arc::clone(&v.json)
+            }
+            None => {
+                versions.push(Version {
+                    feature: Arc::new(feature.clone()),
+                    json: Arc::clone(&json),
+                    chains: take,
+                    variants: Vec::new(),
+                });
+                json
+            }
+        };
+        prune(versions, true);
         json
+    }
+
+    /// The active groups without a base for a feature whose version
+    /// `seq` was current at `at`, and for which it is the state at their
+    /// last tick. Read under the encodings lock: a group's tick moves its
+    /// bases under the write lock before it publishes its routed seq, so a
+    /// routed seq read here is never newer than the bases seen, and an
+    /// older one is still right for a feature its tick did not touch.
+    fn bases_to_take(&self, versions: &[Version], seq: Seq, at: Seq, active: u16) -> u16 {
+        let mut take = 0;
+        for (group, routed) in self.inner.routed.iter().enumerate() {
+            let bit = 1u16 << group;
+            let routed = Seq(routed.load(Ordering::Acquire));
+            if active & bit != 0
+                && !versions.iter().any(|v| v.chains & bit != 0)
+                && seq <= routed
+                && routed <= at
+            {
+                take |= bit;
+            }
+        }
+        take
+    }
+
+    /// The phase group of a connection.
+    fn chain_of(&self, conn: ConnId) -> usize {
+        usize::try_from(conn % self.inner.routed.len() as u64).unwrap_or(0)
     }
 
     /// Registers a connection: its tick queue and its lag flag.
@@ -318,12 +464,31 @@ impl Hub {
     /// Must be called before the session reads the store for the same
     /// viewport (see `docs/protocol.md`, "Consistency").
     pub fn set_route(&self, conn: ConnId, key: u32, route: Route) {
-        let mut router = self.router();
-        remove_route(&mut router, (conn, key));
-        router
-            .index
-            .insert(GeomWithData::new(rectangle(&route.bbox), (conn, key)));
-        router.routes.insert((conn, key), route);
+        {
+            let mut router = self.router();
+            remove_route(&mut router, (conn, key));
+            router
+                .index
+                .insert(GeomWithData::new(rectangle(&route.bbox), (conn, key)));
+            router.routes.insert((conn, key), route);
+        }
+        // The group keeps bases from now on, so that the snapshot that
+        // follows can give it its first ones (`Hub::encoded`).
+        let bit = 1u16 << self.chain_of(conn);
+        let active = |known: &Known| known.active & bit != 0;
+        if !active(
+            &self
+                .inner
+                .encodings
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        ) {
+            self.inner
+                .encodings
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .active |= bit;
+        }
     }
 
     /// Stops routing to `(conn, key)`.
@@ -331,11 +496,11 @@ impl Hub {
         remove_route(&mut self.router(), (conn, key));
     }
 
-    /// The seq up to which every change has been routed: a connection
-    /// whose queue is empty (and that is not lagging) afterwards was routed
+    /// The seq up to which every change has been routed to `conn`: if its
+    /// queue is empty (and it is not lagging) afterwards, it was routed
     /// nothing it has not taken (`View::quiet_until`).
-    pub fn routed(&self) -> Seq {
-        Seq(self.inner.routed.load(Ordering::Acquire))
+    pub fn routed(&self, conn: ConnId) -> Seq {
+        Seq(self.inner.routed[self.chain_of(conn)].load(Ordering::Acquire))
     }
 
     /// Number of connections.
@@ -363,40 +528,81 @@ impl Hub {
     }
 
     fn run(&self, state: &StateHandle) {
-        let (mut last, mut last_event) = {
+        let (last, last_event) = {
             let store = state.read();
             (store.seq(), store.relations().events().last())
         };
-        self.inner.routed.store(last.0, Ordering::Release);
-        let tick = self.inner.config.tick;
-        // Fixed deadlines, so the period is the tick and not tick plus the
+        let phases = self.inner.routed.len();
+        for routed in &self.inner.routed {
+            routed.store(last.0, Ordering::Release);
+        }
+        let mut fanout = Fanout {
+            chains: vec![Chain { last, last_event }; phases],
+            segments: VecDeque::new(),
+            stepped: last,
+        };
+        // One step per phase group: each group's batch covers exactly the
+        // tick before it.
+        let step = self.inner.config.tick / u32::try_from(phases).unwrap_or(1);
+        // Fixed deadlines, so the period is the step and not step plus the
         // routing time; a pass that overruns starts the next at once.
-        let mut deadline = std::time::Instant::now() + tick;
+        let mut deadline = std::time::Instant::now() + step;
+        let mut group = 0;
         while !self.inner.stopped.load(Ordering::Relaxed) {
             let now = std::time::Instant::now();
             if deadline > now {
                 std::thread::sleep(deadline - now);
             }
-            deadline = (deadline + tick).max(std::time::Instant::now());
-            (last, last_event) = self.tick(state, last, last_event);
+            deadline = (deadline + step).max(std::time::Instant::now());
+            self.step(state, &mut fanout, group);
+            group = (group + 1) % phases;
         }
     }
 
-    /// One tick: route every change after `last` and every event after
-    /// `last_event`; returns the new pair.
-    fn tick(&self, state: &StateHandle, last: Seq, last_event: u64) -> (Seq, u64) {
-        let (seq, mut pending, events, newest_event) = {
+    /// Stops `groups` (a mask) keeping bases, and clears their bits from
+    /// every version: their bases are no longer known to be their
+    /// clients' state.
+    fn forget_bases(&self, groups: u16) {
+        let mut known = self
+            .inner
+            .encodings
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        known.active &= !groups;
+        known.versions.retain(|_, versions| {
+            for v in versions.iter_mut() {
+                v.chains &= !groups;
+            }
+            prune(versions, true);
+            !versions.is_empty()
+        });
+    }
+
+    /// One step of the hub: gather what changed since the last step into a
+    /// segment, then route phase group `group`'s tick (every change after
+    /// its last tick, from the segments since, and its events).
+    fn step(&self, state: &StateHandle, fanout: &mut Fanout, group: usize) {
+        let bit = 1u16 << group;
+        let last = fanout.chains[group].last;
+        let last_event = fanout.chains[group].last_event;
+        let (seq, segment, events, newest_event) = {
             let store = state.read();
             let seq = store.seq();
-            if seq == last {
-                return (last, last_event);
-            }
+            let newest_event = store.relations().events().last();
+            let segment = if seq == fanout.stepped {
+                Some(HashMap::new())
+            } else {
+                store
+                    .log()
+                    .since(fanout.stepped)
+                    .map(|records| self.coalesce(&store, records))
+            };
             // Events: each routed by the boxes of its unit and hazard (alerts
             // go to every events subscriber). A log that moved past us skips
             // ahead: `/joins/events` answers 410 and clients reload from REST.
-            let log = store.relations().events();
-            let newest_event = log.last();
-            let events: Vec<(Option<Rect<f64>>, EventDelivery)> = log
+            let events: Vec<(Option<Rect<f64>>, EventDelivery)> = store
+                .relations()
+                .events()
                 .since(last_event)
                 .into_iter()
                 .flatten()
@@ -425,104 +631,167 @@ impl Hub {
                     )
                 })
                 .collect();
-            let Some(records) = store.log().since(last) else {
-                drop(store);
-                // The log moved past us: nobody can be diffed; all resync.
-                tracing::warn!(
-                    last = last.0,
-                    "fan-out fell behind the change log; every client resyncs"
-                );
-                for conn in self.router().conns.values() {
-                    conn.lagging.store(true, Ordering::Relaxed);
-                }
-                // Versions it kept may have changed unseen: no longer a
-                // base for deltas or for what a client held.
-                self.inner
-                    .encodings
-                    .write()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .clear();
-                self.inner.routed.store(seq.0, Ordering::Release);
-                return (seq, newest_event);
-            };
-            // Coalesce: one delivery per feature, in its state at `seq`.
-            // The seqs are the first, second and last change of the feature.
-            type Touched = (Rect<f64>, RemoveReason, [Seq; 3]);
-            let mut touched: HashMap<(Collection, FeatureId), Touched> = HashMap::new();
-            for record in records {
-                let gone = RemoveReason::gone(&record.cause);
-                touched
-                    .entry((record.collection, Arc::clone(&record.id)))
-                    .and_modify(|(bbox, reason, [first, second, last])| {
-                        *bbox = union(*bbox, record.touched);
-                        *reason = gone;
-                        if second == first {
-                            *second = record.seq;
-                        }
-                        *last = record.seq;
-                    })
-                    .or_insert((record.touched, gone, [record.seq; 3]));
-            }
-            let pending: Vec<([Seq; 3], Delivery)> = touched
-                .into_iter()
-                .map(|((collection, id), (bbox, gone, seqs))| {
-                    let feature = store.get(collection, &id).cloned().map(Arc::new);
-                    (
-                        seqs,
-                        Delivery {
-                            collection,
-                            id,
-                            touched: bbox,
-                            feature,
-                            first: seqs[0],
-                            previous: None,
-                            gone,
-                            json: None,
-                            variants: OnceLock::new(),
-                        },
-                    )
-                })
-                .collect();
-            (seq, pending, events, newest_event)
+            (seq, segment, events, newest_event)
         };
-        // Encode once, outside the store lock, and keep the encodings.
-        for (_, delivery) in &mut pending {
-            if let Some(feature) = &delivery.feature {
-                let mut json = String::with_capacity(320);
-                push_feature(&mut json, feature);
-                delivery.json = Some(json.into());
+        let Some(mut segment) = segment else {
+            // The log moved past us: nobody can be diffed; all resync.
+            tracing::warn!(
+                last = fanout.stepped.0,
+                "fan-out fell behind the change log; every client resyncs"
+            );
+            for conn in self.router().conns.values() {
+                conn.lagging.store(true, Ordering::Relaxed);
+            }
+            // Versions it kept may have changed unseen: no longer a base
+            // for deltas or for what a client held.
+            self.forget_bases(u16::MAX);
+            fanout.segments.clear();
+            fanout.stepped = seq;
+            for (chain, routed) in fanout.chains.iter_mut().zip(&self.inner.routed) {
+                *chain = Chain {
+                    last: seq,
+                    last_event: newest_event,
+                };
+                routed.store(seq.0, Ordering::Release);
+            }
+            return;
+        };
+        if seq > fanout.stepped {
+            // Encode once, outside the store lock; every group shares it.
+            for touch in segment.values_mut() {
+                if let (Some(feature), None) = (&touch.feature, &touch.json) {
+                    let mut json = String::with_capacity(320);
+                    push_feature(&mut json, feature);
+                    touch.json = Some(json.into());
+                }
+            }
+            fanout.segments.push_back(Segment {
+                to: seq,
+                changes: segment,
+            });
+            fanout.stepped = seq;
+        }
+        if seq == last {
+            return;
+        }
+        // A group without routes gets no batch. Checked after reading the
+        // seq: a route set after this check is set before its session
+        // reads the store, so that read is at `seq` or later.
+        let idle = !self
+            .router()
+            .routes
+            .keys()
+            .any(|key| self.chain_of(key.0) == group);
+        if idle {
+            let active = self
+                .inner
+                .encodings
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .active;
+            if active & bit != 0 {
+                self.forget_bases(bit);
+            }
+            fanout.finish(group, seq, newest_event);
+            self.inner.routed[group].store(seq.0, Ordering::Release);
+            return;
+        }
+        // The group's tick: the segments since its last, coalesced.
+        let since = || fanout.segments.iter().filter(|s| s.to > last);
+        let mut window: HashMap<(Collection, FeatureId), Touch> =
+            HashMap::with_capacity(since().map(|s| s.changes.len()).sum());
+        for segment in since() {
+            for (key, touch) in &segment.changes {
+                window
+                    .entry_ref(key)
+                    .and_modify(|earlier| earlier.then(touch))
+                    .or_insert_with(|| touch.clone());
             }
         }
         let deliveries: Vec<Delivery> = {
-            let mut encodings = self
+            let mut known = self
                 .inner
                 .encodings
                 .write()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            pending
+            known.active |= bit;
+            let encodings = &mut known.versions;
+            window
                 .into_iter()
-                .map(|(seqs, mut delivery)| {
-                    let key = (delivery.collection, Arc::clone(&delivery.id));
-                    let previous = match (&delivery.feature, &delivery.json) {
+                .map(|((collection, id), touch)| {
+                    let versions = encodings
+                        .entry_ref(&(collection, Arc::clone(&id)))
+                        .or_default();
+                    // The group's base: its clients' version at `last`; if
+                    // it has none (the feature had not changed since its
+                    // batches began, and no snapshot read it since), the
+                    // state after the tick's first change when a snapshot
+                    // read that (`first_change_after` places it).
+                    let previous = versions
+                        .iter()
+                        .find(|v| v.chains & bit != 0)
+                        .or_else(|| versions.iter().find(|v| v.feature.seq == touch.seqs[0]))
+                        .map(|v| Arc::clone(&v.feature));
+                    for v in versions.iter_mut() {
+                        v.chains &= !bit;
+                    }
+                    let previous_seq = previous.as_ref().map(|f| f.seq);
+                    let variants = match (&touch.feature, &touch.json) {
                         (Some(feature), Some(json)) => {
-                            encodings.insert(key, (Arc::clone(feature), Arc::clone(json)))
+                            let at =
+                                match versions.iter().position(|v| v.feature.seq == feature.seq) {
+                                    Some(at) => at,
+                                    None => {
+                                        versions.push(Version {
+                                            feature: Arc::clone(feature),
+                                            json: Arc::clone(json),
+                                            chains: 0,
+                                            variants: Vec::new(),
+                                        });
+                                        versions.len() - 1
+                                    }
+                                };
+                            versions[at].chains |= bit;
+                            let variants = versions[at].variants_from(previous_seq);
+                            prune(versions, true);
+                            variants
                         }
-                        _ => encodings.remove(&key),
+                        // Gone: nothing to keep but other groups' bases.
+                        _ => {
+                            prune(versions, false);
+                            Arc::default()
+                        }
                     };
-                    delivery.previous = previous.map(|(feature, _)| feature);
-                    delivery.first = first_change_after(delivery.previous_seq(), seqs);
-                    delivery
+                    if versions.is_empty() {
+                        encodings.remove(&(collection, Arc::clone(&id)));
+                    }
+                    Delivery {
+                        collection,
+                        id,
+                        touched: touch.touched,
+                        feature: touch.feature,
+                        first: first_change_after(previous_seq, touch.seqs),
+                        previous,
+                        gone: touch.gone,
+                        json: touch.json,
+                        variants,
+                    }
                 })
                 .collect()
         };
+        fanout.finish(group, seq, newest_event);
         let batch = Arc::new(Batch::new(seq, last, deliveries));
-        // Every connection with a subscription the batch may concern gets
-        // it (the naive baseline: every connection); each searches it with
-        // its own viewports. Events go by their boxes through the R-tree.
+        // Every connection of the group with a subscription the batch may
+        // concern gets it (the naive baseline: every connection); each
+        // searches it with its own viewports. Events go by their boxes
+        // through the R-tree.
         let mut per_conn: HashMap<ConnId, Vec<(u32, Arc<EventDelivery>)>> = HashMap::new();
         let router = self.router();
         let mut encodings: Vec<(Precision, bool)> = Vec::new();
         for (key, route) in &router.routes {
+            if self.chain_of(key.0) != group {
+                continue;
+            }
             let concerned = match self.inner.config.fanout {
                 FanoutMode::Indexed => batch.may_concern(&route.collections, &route.bbox),
                 FanoutMode::Naive => true,
@@ -544,7 +813,7 @@ impl Hub {
         for (bbox, event) in events {
             let event = Arc::new(event);
             let mut deliver = |key: RouteKey, route: &Route| {
-                if route.events {
+                if route.events && self.chain_of(key.0) == group {
                     per_conn
                         .entry(key.0)
                         .or_default()
@@ -591,11 +860,117 @@ impl Hub {
             }
         }
         drop(router);
-        // After every send: a session that then finds its queue empty has
-        // taken everything routed to it up to `seq`.
-        self.inner.routed.store(seq.0, Ordering::Release);
+        // After every send: a session of the group that then finds its
+        // queue empty has taken everything routed to it up to `seq`.
+        self.inner.routed[group].store(seq.0, Ordering::Release);
         self.inner.stats.ticks.fetch_add(1, Ordering::Relaxed);
-        (seq, newest_event)
+    }
+
+    /// Coalesces change records into one [`Touch`] per feature, in its
+    /// state at the store's seq. A version another group's batch already
+    /// made (or a snapshot encoded) is shared, not cloned again.
+    fn coalesce<'r>(
+        &self,
+        store: &beeld_layers::Store,
+        records: impl Iterator<Item = &'r beeld_layers::change::ChangeRecord>,
+    ) -> HashMap<(Collection, FeatureId), Touch> {
+        let mut touched: HashMap<(Collection, FeatureId), Touch> = HashMap::new();
+        for record in records {
+            let touch = Touch {
+                touched: record.touched,
+                gone: RemoveReason::gone(&record.cause),
+                seqs: [record.seq; 3],
+                feature: None,
+                json: None,
+            };
+            touched
+                .entry((record.collection, Arc::clone(&record.id)))
+                .and_modify(|earlier| earlier.then(&touch))
+                .or_insert(touch);
+        }
+        let known = self
+            .inner
+            .encodings
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for ((collection, id), touch) in &mut touched {
+            let Some(current) = store.get(*collection, id) else {
+                continue;
+            };
+            match known
+                .versions
+                .get(&(*collection, Arc::clone(id)))
+                .and_then(|versions| versions.iter().find(|v| v.feature.seq == current.seq))
+            {
+                Some(v) => {
+                    touch.feature = Some(Arc::clone(&v.feature));
+                    touch.json = Some(Arc::clone(&v.json));
+                }
+                None => touch.feature = Some(Arc::new(current.clone())),
+            }
+        }
+        touched
+    }
+}
+
+/// The hub thread's own state.
+struct Fanout {
+    /// Per phase group.
+    chains: Vec<Chain>,
+    /// What changed, step by step, since the oldest group's last tick.
+    segments: VecDeque<Segment>,
+    /// The seq the newest segment goes up to.
+    stepped: Seq,
+}
+
+impl Fanout {
+    /// Moves group `group` on to `seq`, and drops the segments every group
+    /// has passed.
+    fn finish(&mut self, group: usize, seq: Seq, newest_event: u64) {
+        self.chains[group] = Chain {
+            last: seq,
+            last_event: newest_event,
+        };
+        let oldest = self.chains.iter().map(|c| c.last).min().unwrap_or(seq);
+        while self.segments.front().is_some_and(|s| s.to <= oldest) {
+            self.segments.pop_front();
+        }
+    }
+}
+
+/// One step's changes to the hub.
+struct Segment {
+    /// The seq it goes up to, from the previous segment's.
+    to: Seq,
+    changes: HashMap<(Collection, FeatureId), Touch>,
+}
+
+/// A feature's changes over one or more steps, coalesced.
+#[derive(Clone)]
+struct Touch {
+    /// The boxes of every state it passed through, joined.
+    touched: Rect<f64>,
+    /// Why it is gone, when it is (from the last change).
+    gone: RemoveReason,
+    /// The seqs of its first, second and last change (`first_change_after`).
+    seqs: [Seq; 3],
+    /// Its state after the last change; `None` when gone.
+    feature: Option<Arc<Feature>>,
+    /// That state as GeoJSON at full precision.
+    json: Option<Arc<str>>,
+}
+
+impl Touch {
+    /// Appends the changes of `later`, which follow these.
+    fn then(&mut self, later: &Touch) {
+        self.touched = union(self.touched, later.touched);
+        self.gone = later.gone;
+        if self.seqs[1] == self.seqs[0] {
+            self.seqs[1] = later.seqs[0];
+        }
+        self.seqs[2] = later.seqs[2];
+        self.feature.clone_from(&later.feature);
+        self.json.clone_from(&later.json);
     }
 }
 

@@ -21,4 +21,4 @@ pub mod session;
 pub mod sse;
 pub mod ws;
 
-pub use hub::{FanoutMode, Hub, LiveConfig};
+pub use hub::{FanoutMode, Hub, LiveConfig, MAX_PHASES};

@@ -434,7 +434,7 @@ impl Session {
 
     /// The hub's last routed seq (`Hub::routed`).
     pub fn routed(&self) -> Seq {
-        self.hub.routed()
+        self.hub.routed(self.conn)
     }
 
     /// Moves every quiet subscription up to `seq`, the hub's last routed
@@ -555,8 +555,8 @@ impl Session {
                                     let json = encode_feature(
                                         &self.hub,
                                         sub.precision,
-                                        collection,
-                                        feature,
+                                        (collection, feature),
+                                        batch.seq,
                                     );
                                     writer.upsert(collection, json);
                                 }
@@ -828,7 +828,7 @@ fn encode_snapshot(
 ) -> Outgoing {
     let mut writer = SnapshotWriter::new(name, epoch, seq, resync, collections);
     for (collection, feature) in features {
-        let json = encode_feature(hub, sub.precision, *collection, feature);
+        let json = encode_feature(hub, sub.precision, (*collection, feature), seq);
         writer.feature(*collection, &json);
     }
     writer.finish()
@@ -857,7 +857,7 @@ fn encode_items(
     for item in items {
         match item {
             Owned::Upsert(collection, feature) => {
-                let json = encode_feature(hub, sub.precision, collection, &feature);
+                let json = encode_feature(hub, sub.precision, (collection, &feature), to);
                 writer.upsert(collection, json);
             }
             Owned::Remove(collection, id, reason) => {
@@ -871,17 +871,18 @@ fn encode_items(
 /// The whole feature at the subscription's precision, for snapshots and
 /// catch-ups. Deltas are only sent on ticks, where the hub computes each
 /// once for every client (`Delivery::variant`); a client that fell behind
-/// gets whole features, which replace whatever version it held.
+/// gets whole features, which replace whatever version it held. `at`: a
+/// seq at which `feature` was the current version.
 fn encode_feature(
     hub: &Hub,
     precision: Precision,
-    collection: Collection,
-    feature: &Feature,
+    (collection, feature): (Collection, &Feature),
+    at: Seq,
 ) -> Arc<str> {
     // Always through the hub, which so learns the version this client now
     // holds: a change coalesced into the same tick as this snapshot is then
     // still sent as a delta from it.
-    let full = hub.encoded(collection, feature);
+    let full = hub.encoded(collection, feature, at);
     if precision.is_none() {
         return full;
     }
