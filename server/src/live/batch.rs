@@ -188,6 +188,19 @@ pub fn encode_delta(old: &Feature, new: &Feature, precision: Precision) -> Strin
 /// viewport's edge are tested change by change rather than split further.
 const SMALL: usize = 4;
 
+/// Sections with fewer bound deliveries are searched by a scan: testing
+/// each box costs less than walking the cells (short ticks make small
+/// batches, searched by every connection 100 times a second).
+const SCAN_BELOW: usize = 256;
+
+/// Whether `inner` lies within `outer`, edges included.
+fn contains(outer: &Rect<f64>, inner: &Rect<f64>) -> bool {
+    outer.min().x <= inner.min().x
+        && outer.min().y <= inner.min().y
+        && inner.max().x <= outer.max().x
+        && inner.max().y <= outer.max().y
+}
+
 /// One tick, shared by every connection.
 #[derive(Debug)]
 pub struct Batch {
@@ -391,6 +404,19 @@ impl Batch {
         collection: Collection,
         bbox: &Rect<f64>,
         how: Search,
+        hit: impl FnMut(Hit<'b>),
+    ) {
+        self.search_by(collection, bbox, how, None, hit);
+    }
+
+    /// [`Batch::search`], by a scan of the section (`Some(true)`), by cell
+    /// (`Some(false)`), or by whichever costs less for its size (`None`).
+    fn search_by<'b>(
+        &'b self,
+        collection: Collection,
+        bbox: &Rect<f64>,
+        how: Search,
+        scan: Option<bool>,
         mut hit: impl FnMut(Hit<'b>),
     ) {
         let Some(section) = self.sections.iter().find(|s| s.collection == collection) else {
@@ -416,6 +442,40 @@ impl Batch {
             Search::Runs(precision, delta) => variant_slot(precision, delta)
                 .map(|slot| (slot, self.joined(slot, precision, delta))),
         };
+        if scan.unwrap_or(section.bound.len() < SCAN_BELOW)
+            && let Some((slot, joined)) = joined
+        {
+            // A change whose box lies inside the viewport is an upsert, as
+            // in a cell inside it; consecutive ones are one run.
+            let mut inside: Option<usize> = None;
+            let run = |range: Range<usize>, hit: &mut dyn FnMut(Hit<'b>)| {
+                let bytes = joined.starts[range.start]..joined.starts[range.end] - 1;
+                hit(Hit::Run(Run {
+                    text: &joined.text[bytes.clone()],
+                    count: range.len(),
+                    slot,
+                    bytes,
+                }));
+            };
+            for i in section.bound.clone() {
+                let touched = &self.deliveries[i].touched;
+                if contains(bbox, touched) {
+                    inside.get_or_insert(i);
+                    continue;
+                }
+                if let Some(start) = inside.take() {
+                    run(start..i, &mut hit);
+                }
+                one(i, &mut hit);
+            }
+            if let Some(start) = inside {
+                run(start..section.bound.end, &mut hit);
+            }
+            for i in section.loose.clone() {
+                one(i, &mut hit);
+            }
+            return;
+        }
         let offset = section.bound.start;
         zorder::search(
             &self.cells[section.bound.clone()],
@@ -703,7 +763,7 @@ mod search {
     fn tell(
         batch: &Arc<Batch>,
         viewport: &Viewport,
-        how: Search,
+        (how, scan): (Search, Option<bool>),
         precision: Precision,
         deltas: bool,
     ) -> Told {
@@ -716,31 +776,37 @@ mod search {
             let id = v["id"].as_str().expect("id").to_owned();
             assert!(upserts.insert(id, v).is_none(), "told twice: {json}");
         };
-        batch.search(Collection::Units, &viewport.bbox, how, |hit| match hit {
-            Hit::Run(run) => {
-                let items: Vec<Value> =
-                    serde_json::from_str(&format!("[{}]", run.text)).expect("a run is a JSON list");
-                assert_eq!(items.len(), run.count);
-                assert_eq!(&batch.share(&run)[..], run.text.as_bytes());
-                for item in items {
-                    upsert(&item.to_string());
+        batch.search_by(
+            Collection::Units,
+            &viewport.bbox,
+            how,
+            scan,
+            |hit| match hit {
+                Hit::Run(run) => {
+                    let items: Vec<Value> = serde_json::from_str(&format!("[{}]", run.text))
+                        .expect("a run is a JSON list");
+                    assert_eq!(items.len(), run.count);
+                    assert_eq!(&batch.share(&run)[..], run.text.as_bytes());
+                    for item in items {
+                        upsert(&item.to_string());
+                    }
                 }
-            }
-            Hit::One(d) => match view.update(from, &d.change(batch.seq), deltas) {
-                Some(Item::Upsert { previous, .. }) => {
-                    let delta = deltas && previous.is_some() && previous == d.previous_seq();
-                    upsert(&d.variant(precision, delta).expect("a feature"));
-                }
-                Some(Item::Remove { id, reason, .. }) => {
-                    assert!(
-                        removes
-                            .insert(id.to_string(), reason.as_str().to_owned())
-                            .is_none()
-                    );
-                }
-                None => {}
+                Hit::One(d) => match view.update(from, &d.change(batch.seq), deltas) {
+                    Some(Item::Upsert { previous, .. }) => {
+                        let delta = deltas && previous.is_some() && previous == d.previous_seq();
+                        upsert(&d.variant(precision, delta).expect("a feature"));
+                    }
+                    Some(Item::Remove { id, reason, .. }) => {
+                        assert!(
+                            removes
+                                .insert(id.to_string(), reason.as_str().to_owned())
+                                .is_none()
+                        );
+                    }
+                    None => {}
+                },
             },
-        });
+        );
         (upserts, removes)
     }
 
@@ -759,11 +825,15 @@ mod search {
                 bbox: Rect::new(coord! { x: x, y: y }, coord! { x: x + w, y: y + h }),
                 filters: Vec::new(),
             };
-            let naive = tell(&batch, &viewport, Search::Naive, precision, deltas);
-            let indexed = tell(&batch, &viewport, Search::OneByOne, precision, deltas);
-            let runs = tell(&batch, &viewport, Search::Runs(precision, deltas), precision, deltas);
+            let naive = tell(&batch, &viewport, (Search::Naive, None), precision, deltas);
+            let indexed = tell(&batch, &viewport, (Search::OneByOne, Some(false)), precision, deltas);
+            let runs = (Search::Runs(precision, deltas), Some(false));
+            let runs = tell(&batch, &viewport, runs, precision, deltas);
+            let scanned = (Search::Runs(precision, deltas), Some(true));
+            let scanned = tell(&batch, &viewport, scanned, precision, deltas);
             prop_assert_eq!(&naive, &indexed);
             prop_assert_eq!(&naive, &runs);
+            prop_assert_eq!(&naive, &scanned);
             // Every viewport a change touches is woken.
             if batch.deliveries().iter().any(|d| d.touched.intersects(&viewport.bbox)) {
                 prop_assert!(batch.may_concern(&viewport.collections, &viewport.bbox));
