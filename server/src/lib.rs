@@ -197,7 +197,11 @@ pub async fn run(
     let _ = stop_tx.send(true);
     let _ = expiry_task.await;
     hub.stop();
-    let _ = tokio::task::spawn_blocking(move || fanout.join()).await;
+    let _ = tokio::task::spawn_blocking(move || {
+        let _ = fanout.join();
+        hub.shut_down_sessions();
+    })
+    .await;
     if let Some(journal) = state.journal().cloned() {
         // Writes what is queued and joins the writer thread.
         let _ = tokio::task::spawn_blocking(move || journal.shutdown()).await;

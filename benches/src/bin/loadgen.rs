@@ -319,6 +319,8 @@ struct Totals {
     bytes: AtomicU64,
     resyncs: AtomicU64,
     samples: std::sync::Mutex<Vec<u32>>,
+    /// Feed write → acknowledgement, µs, per batch of moves.
+    acks: std::sync::Mutex<Vec<u32>>,
 }
 
 #[tokio::main]
@@ -463,6 +465,17 @@ async fn main() {
     totals.bytes.store(0, Ordering::Relaxed);
 
     // The writer: every 10 ms, a batch of moves.
+    // The feed is another system than the map clients: its writes go out
+    // from a runtime of their own, so that their timing does not wait on
+    // the thousand client tasks (on one runtime, a write's send was
+    // queued behind them, and that counted as server latency).
+    let feed = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("loadgen-feed")
+        .enable_all()
+        .build()
+        .expect("feed runtime");
+    let feed_http = reqwest::Client::new();
     let per_batch = (args.rate / 100).max(1);
     let mut interval = tokio::time::interval(Duration::from_millis(10));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -497,11 +510,23 @@ async fn main() {
             );
         }
         body.push_str("]}");
-        let http = http.clone();
+        let http = feed_http.clone();
         let url = url.clone();
         let token = args.token.clone();
-        tokio::spawn(async move {
-            let _ = http.post(&url).bearer_auth(&token).body(body).send().await;
+        let acked = Arc::clone(&totals);
+        feed.spawn(async move {
+            let sent = Instant::now();
+            if http
+                .post(&url)
+                .bearer_auth(&token)
+                .body(body)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                let us = u32::try_from(sent.elapsed().as_micros()).unwrap_or(u32::MAX);
+                acked.acks.lock().expect("acks").push(us);
+            }
         });
         written += per_batch as u64;
         if run_started.elapsed() >= next_report {
@@ -560,6 +585,18 @@ async fn main() {
         pct(0.99),
         pct(1.0)
     );
+    let mut acks = std::mem::take(&mut *totals.acks.lock().expect("acks"));
+    acks.sort_unstable();
+    let ack = |p: f64| {
+        acks.get(((acks.len() as f64 * p) as usize).min(acks.len().saturating_sub(1)))
+            .map_or(0.0, |us| f64::from(*us) / 1000.0)
+    };
+    println!(
+        "feed write->acknowledged (ms, {} batches): p50 {:.1}  p99 {:.1}",
+        acks.len(),
+        ack(0.5),
+        ack(0.99)
+    );
     if let Some(pid) = args.server_pid {
         println!("server RSS: {} KiB", rss_kib(pid).unwrap_or(0));
     }
@@ -570,6 +607,7 @@ async fn main() {
             cpu * 1e6 / deliveries_in_run.max(1) as f64
         );
     }
+    feed.shutdown_background();
     for task in tasks {
         task.abort();
     }

@@ -143,7 +143,7 @@ pub async fn events(
     let (tx, mut rx) = mpsc::channel::<Outgoing>(16);
     let config = hub.config().clone();
     let mut shutdown = hub.shutdown_signal();
-    tokio::spawn(async move {
+    hub.spawn(async move {
         let mut heartbeat = tokio::time::interval(config.heartbeat);
         heartbeat.reset();
         let mut catch_ups: VecDeque<Instant> = VecDeque::new();

@@ -93,7 +93,7 @@ pub async fn upgrade(
         .read_buffer_size(4096)
         .write_buffer_size(0);
     let on_upgrade = hyper::upgrade::on(&mut request);
-    tokio::spawn(async move {
+    hub.clone().spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
                 let writer = Shared::new(TokioIo::new(upgraded));
