@@ -215,10 +215,6 @@ pub struct Batch {
     deliveries: Vec<Delivery>,
     /// The cell of each delivery that has one, at the same index.
     cells: Vec<Cell>,
-    /// Each delivery's `touched`, at the same index: the boxes a scan
-    /// tests, side by side (one cache line holds two; a scan through the
-    /// deliveries themselves missed the cache on every one).
-    boxes: Vec<Rect<f64>>,
     sections: Vec<Section>,
     /// The bound deliveries joined, per encoding: made by the hub for the
     /// encodings its subscriptions take runs in ([`Batch::prepare`]),
@@ -355,20 +351,18 @@ impl Batch {
             cells.push(cell.unwrap_or_default());
             ordered.push(delivery);
         }
-        let boxes: Vec<Rect<f64>> = ordered.iter().map(|d| d.touched).collect();
         for section in &mut sections {
-            let boxes = &boxes[section.bound.start..section.loose.end];
-            // A grid much finer than there are boxes costs more to build
-            // (every tick) than it saves in connections not woken.
-            let cells = boxes.len().saturating_mul(64).clamp(4096, OCCUPANCY_CELLS);
-            section.occupancy = Occupancy::new(boxes, cells);
+            let boxes: Vec<Rect<f64>> = ordered[section.bound.start..section.loose.end]
+                .iter()
+                .map(|d| d.touched)
+                .collect();
+            section.occupancy = Occupancy::new(&boxes, OCCUPANCY_CELLS);
         }
         Batch {
             seq,
             from,
             deliveries: ordered,
             cells,
-            boxes,
             sections,
             runs: std::array::from_fn(|_| OnceLock::new()),
         }
@@ -432,8 +426,9 @@ impl Batch {
             return;
         }
         let one = |i: usize, hit: &mut dyn FnMut(Hit<'b>)| {
-            if self.boxes[i].intersects(bbox) {
-                hit(Hit::One(&self.deliveries[i]));
+            let delivery = &self.deliveries[i];
+            if delivery.touched.intersects(bbox) {
+                hit(Hit::One(delivery));
             }
         };
         let joined = match how {
@@ -463,7 +458,8 @@ impl Batch {
                 }));
             };
             for i in section.bound.clone() {
-                if contains(bbox, &self.boxes[i]) {
+                let touched = &self.deliveries[i].touched;
+                if contains(bbox, touched) {
                     inside.get_or_insert(i);
                     continue;
                 }
