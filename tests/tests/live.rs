@@ -412,6 +412,20 @@ impl Tracked {
         message
     }
 
+    /// A new client with the same subscription, past its snapshot: what
+    /// this one should hold.
+    async fn fresh(&self, server: &TestServer) -> Tracked {
+        let mut fresh = Tracked {
+            client: WsClient::connect(server).await,
+            bbox: self.bbox,
+            filters: self.filters.clone(),
+            options: self.options.clone(),
+        };
+        fresh.client.send(fresh.subscription(None)).await;
+        fresh.client.next_of("snapshot").await;
+        fresh
+    }
+
     /// Every feature the client holds for `s`, whole.
     fn picture(&self) -> Vec<Value> {
         self.client
@@ -552,14 +566,7 @@ async fn random_load(phases: usize, seed: u64) {
     }
     for (i, tracked) in clients.iter_mut().enumerate() {
         tracked.client.drain(Duration::from_millis(400)).await;
-        let mut fresh = Tracked {
-            client: WsClient::connect(&server).await,
-            bbox: tracked.bbox,
-            filters: tracked.filters.clone(),
-            options: tracked.options.clone(),
-        };
-        fresh.client.send(fresh.subscription(None)).await;
-        fresh.client.next_of("snapshot").await;
+        let fresh = tracked.fresh(&server).await;
         assert_eq!(
             tracked.client.held("s"),
             fresh.client.held("s"),
@@ -633,14 +640,7 @@ async fn staggered_groups_diff_from_their_own_versions() {
     }
     for (i, tracked) in clients.iter_mut().enumerate() {
         tracked.client.drain(Duration::from_millis(300)).await;
-        let mut fresh = Tracked {
-            client: WsClient::connect(&server).await,
-            bbox,
-            filters: json!({}),
-            options: tracked.options.clone(),
-        };
-        fresh.client.send(fresh.subscription(None)).await;
-        fresh.client.next_of("snapshot").await;
+        let fresh = tracked.fresh(&server).await;
         assert!(
             tracked.picture() == fresh.picture(),
             "client {i} ({}): {:?} held, {:?} in a fresh snapshot",

@@ -248,6 +248,21 @@ struct Joined {
     starts: Vec<usize>,
 }
 
+impl Joined {
+    /// The deliveries `range` (adjacent, bound) as one run of encoding
+    /// `slot`.
+    fn run(&self, slot: usize, range: Range<usize>) -> Run<'_> {
+        // Without the comma after the last.
+        let bytes = self.starts[range.start]..self.starts[range.end] - 1;
+        Run {
+            text: &self.text[bytes.clone()],
+            count: range.len(),
+            slot,
+            bytes,
+        }
+    }
+}
+
 /// A run of upserts in one of a batch's joined encodings.
 #[derive(Debug, Clone)]
 pub struct Run<'b> {
@@ -448,15 +463,6 @@ impl Batch {
             // A change whose box lies inside the viewport is an upsert, as
             // in a cell inside it; consecutive ones are one run.
             let mut inside: Option<usize> = None;
-            let run = |range: Range<usize>, hit: &mut dyn FnMut(Hit<'b>)| {
-                let bytes = joined.starts[range.start]..joined.starts[range.end] - 1;
-                hit(Hit::Run(Run {
-                    text: &joined.text[bytes.clone()],
-                    count: range.len(),
-                    slot,
-                    bytes,
-                }));
-            };
             for i in section.bound.clone() {
                 let touched = &self.deliveries[i].touched;
                 if contains(bbox, touched) {
@@ -464,12 +470,12 @@ impl Batch {
                     continue;
                 }
                 if let Some(start) = inside.take() {
-                    run(start..i, &mut hit);
+                    hit(Hit::Run(joined.run(slot, start..i)));
                 }
                 one(i, &mut hit);
             }
             if let Some(start) = inside {
-                run(start..section.bound.end, &mut hit);
+                hit(Hit::Run(joined.run(slot, start..section.bound.end)));
             }
             for i in section.loose.clone() {
                 one(i, &mut hit);
@@ -485,16 +491,7 @@ impl Batch {
                 Found::Inside(run) => {
                     let run = offset + run.start..offset + run.end;
                     match joined {
-                        Some((slot, joined)) => {
-                            // Without the comma after the last.
-                            let bytes = joined.starts[run.start]..joined.starts[run.end] - 1;
-                            hit(Hit::Run(Run {
-                                text: &joined.text[bytes.clone()],
-                                count: run.len(),
-                                slot,
-                                bytes,
-                            }));
-                        }
+                        Some((slot, joined)) => hit(Hit::Run(joined.run(slot, run))),
                         None => {
                             for i in run {
                                 hit(Hit::One(&self.deliveries[i]));
