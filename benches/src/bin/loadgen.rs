@@ -28,6 +28,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use beeld_fixtures::{NL_BBOX, Rng, feature_collection, units};
+use bytes::Buf as _;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
@@ -200,14 +201,13 @@ impl Client {
         // Room for a large read: reclaims the space of frames already
         // taken (moving the few bytes of a partial frame), or grows.
         self.buffer.reserve(64 * 1024);
-        loop {
-            self.socket.readable().await?;
-            match self.socket.try_read_buf(&mut self.buffer) {
-                Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
-                Ok(_) => return Ok(()),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e),
-            }
+        // `read_buf`, not `readable` + `try_read_buf`: a read that leaves
+        // room in the buffer has drained the socket, and `poll_read` then
+        // clears its readiness; `try_read_buf` keeps it, so every message
+        // cost a second, empty `recvfrom` (54,000 a second at a 10 ms tick).
+        match tokio::io::AsyncReadExt::read_buf(&mut self.socket, &mut self.buffer).await? {
+            0 => Err(std::io::ErrorKind::UnexpectedEof.into()),
+            _ => Ok(()),
         }
     }
 
@@ -261,18 +261,26 @@ impl Client {
                 self.fill().await?;
                 continue;
             }
-            let frame = self.buffer.split_to(start + len);
-            let payload = &frame[start..];
+            // Handled in place and then skipped: `split_to` made the
+            // buffer shared (an allocation and reference counts per
+            // message).
+            let payload = start..start + len;
             match opcode {
-                0x9 => self.send_frame(0xA, payload).await?,
-                0xA => {}
+                0x9 => {
+                    let ping = self.buffer[payload].to_vec();
+                    self.buffer.advance(start + len);
+                    self.send_frame(0xA, &ping).await?;
+                }
+                0xA => self.buffer.advance(start + len),
                 0x8 => return Ok(false),
                 0x0..=0x2 => {
                     if fin && self.fragments.is_empty() {
-                        handle(payload);
+                        handle(&self.buffer[payload]);
+                        self.buffer.advance(start + len);
                         return Ok(true);
                     }
-                    self.fragments.extend_from_slice(payload);
+                    self.fragments.extend_from_slice(&self.buffer[payload]);
+                    self.buffer.advance(start + len);
                     if fin {
                         let message = std::mem::take(&mut self.fragments);
                         handle(&message);
@@ -385,6 +393,8 @@ async fn main() {
         let sample = i % 10 == 0;
         tasks.push(tokio::spawn(async move {
             let t_us = memchr::memmem::Finder::new(T_US);
+            // Made once: `memmem::find` builds its searcher on every call.
+            let catch_up = memchr::memmem::Finder::new(b"\"catch_up\":true");
             let mut client = Client::connect(&target).await;
             client
                 .send_text(subscribe.to_string().as_bytes())
@@ -403,7 +413,7 @@ async fn main() {
                     }
                     // The flag is in the message's head, before any feature.
                     let head = &bytes[..bytes.len().min(200)];
-                    if memchr::memmem::find(head, b"\"catch_up\":true").is_some() {
+                    if catch_up.find(head).is_some() {
                         totals.resyncs.fetch_add(1, Ordering::Relaxed);
                     }
                     let now_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);

@@ -10,9 +10,11 @@
 //! * [`protocol`]: the JSON wire format (`docs/protocol.md`).
 //! * [`replay`]: replays of the recorded picture for after-action review.
 //! * [`ws`] and [`sse`]: the two transports, with limits, heartbeats and
-//!   backpressure.
+//!   backpressure; [`queued`] the WebSocket's write queue, [`gate`] what
+//!   keeps a connection from polling its socket and timers on every tick.
 
 pub mod batch;
+pub mod gate;
 pub mod hub;
 pub mod protocol;
 pub mod queued;

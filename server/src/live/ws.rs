@@ -10,6 +10,7 @@
 //! closed with a reason saying so: slow clients never hold up others.
 
 use std::collections::VecDeque;
+use std::future::{Future, poll_fn};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -28,6 +29,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
+use super::gate::Gate;
 use super::hub::{Hub, Tick};
 use super::protocol::{self, Outgoing};
 use super::queued::{Opcode, Shared};
@@ -181,7 +183,7 @@ type Io = TokioIo<hyper::upgrade::Upgraded>;
 async fn serve(
     state: StateHandle,
     hub: Hub,
-    socket: WebSocketStream<Shared<Io>>,
+    mut socket: WebSocketStream<Shared<Io>>,
     writer: Shared<Io>,
     framing: Framing,
 ) {
@@ -195,10 +197,19 @@ async fn serve(
     };
     let mut session = Session::new(state.clone(), hub.clone(), conn);
     let mut replays = session.take_replay_messages();
-    let (mut sink, mut stream) = socket.split();
     let mut shutdown = hub.shutdown_signal();
+    // One future for the connection's life: made anew each turn of the
+    // loop, it entered and left the watch's waiter list (a lock shared by
+    // every connection) on every tick.
+    let shut_down = async move {
+        let _ = shutdown.changed().await;
+    };
+    tokio::pin!(shut_down);
     let mut heartbeat = tokio::time::interval(config.heartbeat);
     heartbeat.reset();
+    // Nearly every wake is a tick: the socket, the heartbeat and the
+    // shutdown signal are polled only when they woke the task (`gate`).
+    let (inbound_gate, heartbeat_gate, shutdown_gate) = (Gate::new(), Gate::new(), Gate::new());
     let mut last_heard = Instant::now();
     let rate = f64::from(config.messages_per_second.max(1));
     let mut bucket = Bucket {
@@ -212,7 +223,17 @@ async fn serve(
 
     let close: Option<(u16, String)> = loop {
         let out: Vec<Outgoing> = tokio::select! {
-            inbound = stream.next() => match inbound {
+            // Ticks first: they are what wakes a connection nearly every
+            // time, and a woken connection then polls nothing else. Nothing
+            // starves: a tick takes every queued tick.
+            biased;
+            Some(tick) = inbox.ticks.recv() => {
+                match inbox.handle(tick, &mut session) {
+                    Ok(out) => out,
+                    Err(reason) => break Some((POLICY, reason)),
+                }
+            }
+            inbound = poll_fn(|cx| inbound_gate.poll(cx, |cx| socket.poll_next_unpin(cx))) => match inbound {
                 Some(Ok(Message::Text(text))) => {
                     last_heard = Instant::now();
                     if bucket.take() {
@@ -246,13 +267,7 @@ async fn serve(
                 }
                 Some(Err(_)) => break None,
             },
-            Some(tick) = inbox.ticks.recv() => {
-                match inbox.handle(tick, &mut session) {
-                    Ok(out) => out,
-                    Err(reason) => break Some((POLICY, reason)),
-                }
-            }
-            _ = heartbeat.tick() => {
+            _ = poll_fn(|cx| heartbeat_gate.poll(cx, |cx| heartbeat.poll_tick(cx))) => {
                 if last_heard.elapsed() > 3 * config.heartbeat {
                     break Some((GOING_AWAY, "no message or pong for three heartbeats".to_owned()));
                 }
@@ -260,7 +275,7 @@ async fn serve(
                     Ok(out) => out,
                     Err(reason) => break Some((POLICY, reason)),
                 };
-                if sink.send(Message::Ping(Vec::new().into())).await.is_err() {
+                if socket.send(Message::Ping(Vec::new().into())).await.is_err() {
                     break None;
                 }
                 out.push(protocol::heartbeat(state.read().seq(), state.epoch(), &now().to_rfc3339()));
@@ -272,7 +287,7 @@ async fn serve(
                     None => std::future::pending().await,
                 }
             } => vec![message],
-            _ = shutdown.changed() => break Some((GOING_AWAY, "server shutting down".to_owned())),
+            () = poll_fn(|cx| shutdown_gate.poll(cx, |cx| shut_down.as_mut().poll(cx))) => break Some((GOING_AWAY, "server shutting down".to_owned())),
         };
         if out.is_empty() {
             continue;
@@ -314,8 +329,11 @@ async fn serve(
             code: CloseCode::from(code),
             reason: reason.into(),
         };
-        let _ = tokio::time::timeout(config.write_timeout, sink.send(Message::Close(Some(frame))))
-            .await;
+        let _ = tokio::time::timeout(
+            config.write_timeout,
+            socket.send(Message::Close(Some(frame))),
+        )
+        .await;
     }
     tracing::debug!(conn, "websocket disconnected");
 }
