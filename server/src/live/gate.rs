@@ -5,7 +5,7 @@
 //! polls every branch each time the task wakes. Nearly every wake is a tick
 //! from the hub; polling the socket (through tungstenite, the write queue's
 //! lock and the reactor), the heartbeat timer and the shutdown signal again
-//! on each was about 6% of the server's CPU at a 10 ms tick
+//! on each was about 6% of the sessions' CPU time at a 10 ms tick
 //! (BENCHMARKS.md). Behind a gate, a source is polled with a waker of the
 //! gate's own, which marks the gate open before waking the task; until then
 //! the gate answers `Pending` without polling.
