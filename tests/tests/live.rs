@@ -717,6 +717,38 @@ async fn large_ticks_sent_as_shared_runs_leave_clients_exact() {
     server.stop().await.unwrap();
 }
 
+/// An SSE stream gets heartbeats, and its session ends when the client goes
+/// (both wake the session through gates, `live::gate`).
+#[tokio::test]
+async fn server_sent_events_heartbeat_and_end_with_the_client() {
+    let server = TestServer::start_with(|c| c.live.heartbeat = Duration::from_millis(200)).await;
+    let url = server.url("/events?collections=units&bbox=5.6,50.7,6.2,51.0");
+    let mut response = server.http.get(&url).send().await.unwrap();
+    let mut text = String::new();
+    while text.matches("event: heartbeat").count() < 2 {
+        let chunk = tokio::time::timeout(Duration::from_secs(5), response.chunk())
+            .await
+            .expect("a heartbeat within 5 s")
+            .unwrap()
+            .unwrap();
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let connections = |body: &Value| body["live"]["connections"].as_u64().unwrap();
+    assert_eq!(connections(&server.get_json("/healthz").await.1), 1);
+    drop(response);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        if connections(&server.get_json("/healthz").await.1) == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the session outlived its client"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn server_sent_events_stream_snapshot_diffs_and_resume() {
     let server = fast_server().await;

@@ -5,6 +5,7 @@
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::future::{Future, poll_fn};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -14,6 +15,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use tokio::sync::mpsc;
 
+use super::gate::Gate;
 use super::protocol::{self, Outgoing};
 use super::session::Session;
 use crate::problem::Problem;
@@ -146,6 +148,15 @@ pub async fn events(
     hub.spawn(async move {
         let mut heartbeat = tokio::time::interval(config.heartbeat);
         heartbeat.reset();
+        // As on a WebSocket (`ws::serve`): ticks first, and the rest
+        // polled only when it woke the task, from futures made once.
+        let shut_down = async move {
+            let _ = shutdown.changed().await;
+        };
+        tokio::pin!(shut_down);
+        let gone = tx.closed();
+        tokio::pin!(gone);
+        let (heartbeat_gate, shutdown_gate, gone_gate) = (Gate::new(), Gate::new(), Gate::new());
         let mut catch_ups: VecDeque<Instant> = VecDeque::new();
         let mut pending: Vec<Outgoing> = first;
         'serve: loop {
@@ -155,6 +166,7 @@ pub async fn events(
                 }
             }
             pending = tokio::select! {
+                biased;
                 Some(tick) = ticks.recv() => {
                     // This tick and every one queued behind it, in order;
                     // the catch-up instead once one was dropped.
@@ -173,9 +185,9 @@ pub async fn events(
                     }
                     out
                 }
-                _ = heartbeat.tick() => vec![protocol::heartbeat(state.read().seq(), state.epoch(), &now().to_rfc3339())],
-                _ = shutdown.changed() => break 'serve,
-                () = tx.closed() => break 'serve,
+                _ = poll_fn(|cx| heartbeat_gate.poll(cx, |cx| heartbeat.poll_tick(cx))) => vec![protocol::heartbeat(state.read().seq(), state.epoch(), &now().to_rfc3339())],
+                () = poll_fn(|cx| shutdown_gate.poll(cx, |cx| shut_down.as_mut().poll(cx))) => break 'serve,
+                () = poll_fn(|cx| gone_gate.poll(cx, |cx| gone.as_mut().poll(cx))) => break 'serve,
             };
         }
         session.close();
