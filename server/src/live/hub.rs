@@ -549,6 +549,17 @@ impl Hub {
         self.inner.shutdown.subscribe()
     }
 
+    /// Completes at shutdown (or once the hub is gone). A connection makes
+    /// one for its life and pins it: made anew each turn of its loop, it
+    /// entered and left the watch's waiter list (a lock shared by every
+    /// connection) on every tick.
+    pub fn shut_down(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut signal = self.shutdown_signal();
+        async move {
+            let _ = signal.changed().await;
+        }
+    }
+
     /// Stops the hub thread and tells every session to close.
     pub fn stop(&self) {
         self.inner.stopped.store(true, Ordering::Relaxed);

@@ -144,15 +144,12 @@ pub async fn events(
     // ticks, its hub queue fills and it gets a catch-up diff.
     let (tx, mut rx) = mpsc::channel::<Outgoing>(16);
     let config = hub.config().clone();
-    let mut shutdown = hub.shutdown_signal();
+    let shut_down = hub.shut_down();
     hub.spawn(async move {
         let mut heartbeat = tokio::time::interval(config.heartbeat);
         heartbeat.reset();
         // As on a WebSocket (`ws::serve`): ticks first, and the rest
         // polled only when it woke the task, from futures made once.
-        let shut_down = async move {
-            let _ = shutdown.changed().await;
-        };
         tokio::pin!(shut_down);
         let gone = tx.closed();
         tokio::pin!(gone);

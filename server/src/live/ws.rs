@@ -197,13 +197,7 @@ async fn serve(
     };
     let mut session = Session::new(state.clone(), hub.clone(), conn);
     let mut replays = session.take_replay_messages();
-    let mut shutdown = hub.shutdown_signal();
-    // One future for the connection's life: made anew each turn of the
-    // loop, it entered and left the watch's waiter list (a lock shared by
-    // every connection) on every tick.
-    let shut_down = async move {
-        let _ = shutdown.changed().await;
-    };
+    let shut_down = hub.shut_down();
     tokio::pin!(shut_down);
     let mut heartbeat = tokio::time::interval(config.heartbeat);
     heartbeat.reset();
@@ -292,7 +286,6 @@ async fn serve(
         if out.is_empty() {
             continue;
         }
-        // One flush per batch of messages: a tick is one write.
         // Data frames go past tungstenite (see `queued`); one flush per
         // batch of messages: a tick is one write.
         let write = async {
